@@ -1,0 +1,181 @@
+"""The suite's pytest plugin: profiles as parameters and markers, artifacts, and the scorecard.
+
+An acceptance check is a test marked `@pytest.mark.check("w01", target="val_ppl")`. It is collected once per
+profile whose milestone section defines that target, carrying the markers `w01` and the profile's name, so
+
+    pytest acceptance -m "w01 and cpu"          # w01's cpu checks
+    pytest acceptance --profile my/card.yaml    # a user's own profile (its name becomes a marker too)
+
+Its fixtures: `spec` (the validated milestone section), `runs` (artifact directories for this milestone and
+profile; --reuse-artifacts reuses complete ones) and `scorecard` (asserts a target and records the row).
+Every acceptance check leaves one row, whatever its outcome; the session writes reports/ at its end, also when
+interrupted, and under pytest-xdist the controller merges the workers' rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from impl.core import scorecard as card
+from impl.core.artifacts import Runs, environment
+from impl.core.profiles import ProfileError, builtin_profiles, load_profile
+
+ROWS_DIR = ".rows"
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("llm-milestones")
+    g.addoption("--profile", action="append", default=[],
+                help="hardware profile name or YAML path (repeatable; default: every profile in hardware_profiles/)")
+    g.addoption("--reuse-artifacts", action="store_true",
+                help="reuse a complete training run with the same config instead of training again")
+    g.addoption("--reports-dir", default=None, help="where to write the scorecard (default: reports/)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "check(milestone, target): an acceptance check of one milestone target")
+    try:
+        profiles = [load_profile(p) for p in (config.getoption("profile") or builtin_profiles())]
+    except ProfileError as e:
+        raise pytest.UsageError(str(e)) from None
+    for p in profiles:  # a user's profile becomes a marker too, so -m NAME selects it under --strict-markers
+        config.addinivalue_line("markers", f"{p.name}: hardware profile {p.path}")
+    config._milestone_profiles = profiles
+    config._reports = Path(config.getoption("reports_dir") or card.reports_dir())
+    worker = getattr(config, "workerinput", None)
+    config._session_id = worker["milestones_session"] if worker else uuid.uuid4().hex[:12]
+    config._worker = worker["workerid"] if worker else "main"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):  # xdist controller -> each worker: one session id for the rows files
+    node.workerinput["milestones_session"] = node.config._session_id
+
+
+def pytest_generate_tests(metafunc):
+    mark = metafunc.definition.get_closest_marker("check")
+    if mark is None:
+        return
+    milestone, target = mark.args[0], mark.kwargs["target"]
+    params = []
+    for p in metafunc.config._milestone_profiles:
+        if milestone in p.milestones() and target in p.milestone(milestone).targets:
+            params.append(pytest.param(p, id=p.name, marks=[getattr(pytest.mark, milestone), getattr(pytest.mark, p.name)]))
+    metafunc.parametrize("profile", params)
+
+
+class Scorecard:
+    """What one check records; the plugin turns it into a row when the test ends."""
+
+    def __init__(self, milestone: str, target_name: str, spec):
+        self.milestone, self.target_name, self.target = milestone, target_name, spec.targets[target_name]
+        self.value, self.data, self.curve, self.extra = None, None, None, {}
+
+    def check(self, value: float, data: str, curve: list | None = None, **extra) -> None:
+        """Record the measured value with its data and context, then assert the target."""
+        self.value, self.data, self.curve = float(value), data, curve
+        self.extra.update(extra)
+        assert self.target.passes(self.value), (
+            f"{self.milestone} {self.target_name} = {self.value:.4g}, target {self.target.describe()} "
+            f"({self.target.protocol})")
+
+
+@pytest.fixture
+def spec(profile, request):
+    reason = profile.hardware_missing()
+    if reason:
+        pytest.skip(f"profile {profile.name}: {reason}")
+    return profile.milestone(request.node.get_closest_marker("check").args[0])
+
+
+@pytest.fixture
+def runs(profile, request):
+    return Runs(request.node.get_closest_marker("check").args[0], profile.name,
+                reuse=request.config.getoption("reuse_artifacts"))
+
+
+@pytest.fixture
+def scorecard(spec, request):
+    mark = request.node.get_closest_marker("check")
+    request.node._scorecard = Scorecard(mark.args[0], mark.kwargs["target"], spec)
+    return request.node._scorecard
+
+
+_ENV = None
+
+
+def _row(item, outcome: str, message: str | None, duration: float) -> dict:
+    global _ENV
+    _ENV = _ENV or environment()
+    mark = item.get_closest_marker("check")
+    milestone, target_name = mark.args[0], mark.kwargs["target"]
+    profile = item.callspec.params["profile"]
+    target = profile.milestone(milestone).targets[target_name]
+    rec: Scorecard | None = getattr(item, "_scorecard", None)
+    status = {"passed": "pass", "skipped": "skip"}.get(outcome)
+    if status is None:  # failed: the target was missed (fail) or the check broke before measuring (error)
+        status = "fail" if rec is not None and rec.value is not None and not target.passes(rec.value) else "error"
+    hw = f"{_ENV['cpu_threads']} CPU threads" + (f", {len(_ENV['gpus'])}x {_ENV['gpus'][0]}" if _ENV["gpus"] else "")
+    return {
+        "milestone": milestone, "check": item.originalname, "profile": profile.name, "status": status,
+        "metric": target_name, "direction": target.direction, "target": target.threshold,
+        "value": rec.value if rec else None, "data": rec.data if rec else None, "protocol": target.protocol,
+        "hardware": hw, "versions": {k: _ENV[k] for k in ("python", "torch", "transformers") if k in _ENV},
+        "commit": _ENV["commit"], "duration_s": round(duration, 1), "message": message,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "extra": rec.extra if rec else {}, "curve": rec.curve if rec else None,
+    }
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("check") is None or "profile" not in getattr(item, "callspec", pytest).__dict__.get("params", {}):
+        return
+    item._durations = getattr(item, "_durations", 0.0) + report.duration
+    # one row per check: at the end of the call, or at setup when it never got there (skip, error)
+    if (report.when == "call") or (report.when == "setup" and not report.passed):
+        message = None
+        if report.failed:
+            message = str(call.excinfo.value)[:2000] if call.excinfo else report.longreprtext[-2000:]
+        elif report.skipped:
+            message = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        row = _row(item, report.outcome, message, item._durations)
+        rows = item.config._reports / ROWS_DIR / item.config._session_id
+        rows.mkdir(parents=True, exist_ok=True)
+        with open(rows / f"{item.config._worker}.jsonl", "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if getattr(config, "workerinput", None):
+        return  # the controller merges
+    rows_dir = config._reports / ROWS_DIR / config._session_id
+    if not rows_dir.exists():
+        return  # no acceptance check ran: leave the scorecard as it is
+    rows = [json.loads(l) for f in sorted(rows_dir.glob("*.jsonl")) for l in f.read_text().splitlines() if l]
+    path = card.write(rows, config._reports)
+    for f in rows_dir.glob("*.jsonl"):
+        f.unlink()
+    rows_dir.rmdir()
+    config._scorecard_path = path
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    path = getattr(config, "_scorecard_path", None)
+    if path:
+        rows = json.loads(Path(path).read_text())["rows"]
+        terminalreporter.write_sep("=", "scorecard")
+        for r in rows:
+            if r["status"] != "not-implemented":
+                terminalreporter.write_line(
+                    f"{r['status'].upper():6} {r['milestone']} {r['check']} [{r['profile']}] "
+                    f"{r['metric']}={card._fmt(r['value'])} target {card._target(r)}")
+        terminalreporter.write_line(f"written: {path.parent}/scorecard.{{json,md,html}}")

@@ -1,0 +1,68 @@
+"""Text corpora as train/validation splits: offline fixture corpora split by document, or a hub dataset.
+
+Offline: every document (an Austen chapter, a Brown file) goes wholly to one split, chosen by a hash of its id,
+so no passage is seen in training and scored in validation. Hub: `datasets.load_dataset(path, name)`, or the
+same files from a local directory (`<dir>/<split>-*.parquet`, the layout the hub serves) on machines without one.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from impl.core.errors import MilestonesError
+from impl.core.fixtures import read_documents
+
+
+class DataError(MilestonesError):
+    pass
+
+
+@dataclass
+class TextSplits:
+    train: list[str]
+    val: list[str]
+    description: str  # for the scorecard: what data, which split rule
+
+
+def in_val(doc_id: str, val_fraction: float) -> bool:
+    bucket = int(hashlib.sha256(doc_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return bucket < val_fraction
+
+
+def offline_splits(corpora: list[str], val_fraction: float) -> TextSplits:
+    train, val = [], []
+    for name in corpora:
+        for doc in read_documents(name):
+            (val if in_val(doc["id"], val_fraction) else train).append(doc["text"])
+    if not train or not val:
+        raise DataError(f"corpus {corpora} with val_fraction={val_fraction} leaves an empty split")
+    return TextSplits(train, val, f"{'+'.join(corpora)}, {len(train)}/{len(val)} documents train/val "
+                                  f"(split by sha256 of document id, val_fraction={val_fraction})")
+
+
+def hub_splits(hub_path: str | None, hub_name: str | None, local_dir: str | None,
+               splits: tuple[str, str] = ("train", "validation")) -> TextSplits:
+    """One text per split: the rows of the `text` column concatenated, which restores the raw file."""
+    import datasets
+
+    if local_dir:
+        d = Path(local_dir)
+        files = {s: sorted(str(p) for p in d.glob(f"{s}-*.parquet")) for s in splits}
+        missing = [s for s, f in files.items() if not f]
+        if missing:
+            raise DataError(f"{d}: no {', '.join(f'{s}-*.parquet' for s in missing)} files")
+        ds = datasets.load_dataset("parquet", data_files=files)
+        origin = f"{local_dir} (local copy of {hub_path or 'a hub dataset'})"
+    else:
+        try:
+            ds = datasets.load_dataset(hub_path, hub_name)
+        except Exception as e:  # offline machines: say what to do instead of a hub traceback
+            raise DataError(f"cannot load {hub_path}/{hub_name} from the hub ({type(e).__name__}: {e}); "
+                            f"on a machine without a hub set 'data.local_dir' to a directory of "
+                            f"<split>-*.parquet files") from None
+        origin = f"{hub_path}/{hub_name} (hub)"
+    texts = ["".join(ds[s]["text"]) for s in splits]
+    if not all(t.strip() for t in texts):
+        raise DataError(f"{origin}: a split is empty")
+    return TextSplits([texts[0]], [texts[1]], f"{origin}, splits {splits[0]}/{splits[1]}")

@@ -1,0 +1,80 @@
+"""Launching and joining multi-process runs the way users do: `torchrun`, NCCL on GPUs and gloo on CPUs."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from impl.core.errors import MilestonesError
+
+
+class DistributedError(MilestonesError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(module: str, args: list[str], nproc: int, timeout_s: float, log_path: Path,
+             env: dict[str, str] | None = None) -> None:
+    """Run `torchrun --nproc_per_node=N -m module args`; raise with the ranks' output on failure or time-out.
+
+    The whole process group is killed on time-out, so a hung rank never hangs the caller.
+    """
+    nnodes = int(os.environ.get("NNODES", "1"))
+    if nnodes > 1:  # every node runs this under the user's launcher, which sets the rendezvous
+        where = [f"--nnodes={nnodes}", f"--node_rank={os.environ['NODE_RANK']}",
+                 f"--master_addr={os.environ['MASTER_ADDR']}", f"--master_port={os.environ.get('MASTER_PORT', '29500')}"]
+    else:
+        where = ["--master_addr=127.0.0.1", f"--master_port={free_port()}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", *where, "-m", module, *args]
+    full_env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": os.environ.get(
+        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise DistributedError(f"{' '.join(cmd)} timed out after {timeout_s:.0f} s; output:\n{_tail(log_path)}")
+        except BaseException:  # interrupted: never leave ranks behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+    if rc != 0:
+        raise DistributedError(f"{' '.join(cmd)} exited with {rc}; output:\n{_tail(log_path)}")
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    return path.read_text(errors="replace")[-chars:]
+
+
+def init_from_env() -> tuple[int, int, torch.device]:
+    """Join the process group torchrun set up (or none); return (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

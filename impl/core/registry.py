@@ -1,0 +1,44 @@
+"""The twelve milestones of the curriculum, and where each one's spec schema lives once implemented."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Milestone:
+    id: str
+    title: str
+    seed_target: str
+    spec: str | None = None  # "module:Class" of the pydantic spec; None = not implemented yet
+
+    @property
+    def implemented(self) -> bool:
+        return self.spec is not None
+
+    def spec_model(self):
+        module, cls = self.spec.split(":")
+        return getattr(importlib.import_module(module), cls)
+
+
+MILESTONES: dict[str, Milestone] = {m.id: m for m in [
+    Milestone("w01", "GPT from scratch", "WikiText-2 validation perplexity < 55", "impl.w01_gpt.spec:W01Spec"),
+    Milestone("w03", "Fine-tuning with Hugging Face", "IMDb acc > 0.90; WritingPrompts ppl < 30; MLM acc > 0.60"),
+    Milestone("w05", "DeepSpeed ZeRO-2", "GPT-2 124M on OpenWebText, val ppl < 30"),
+    Milestone("w07", "LoRA / QLoRA instruction tuning", "held-out Alpaca ROUGE-L > 0.25"),
+    Milestone("w09", "Quantised serving under load", "mean latency < 200 ms at > 20 req/s"),
+    Milestone("w11", "RAG with LangChain", "SQuAD dev F1 > 0.6, response time recorded"),
+    Milestone("w13", "Tensor and pipeline parallelism", "2-way TP or 2-stage PP of a 125M GPT, efficiency analysed"),
+    Milestone("w15", "Evaluation with lm-evaluation-harness", "3 open LLMs on >= 5 benchmarks, comparison report"),
+    Milestone("w17", "RLHF with TRL", "RLHF model wins > 60% of preference votes against SFT"),
+    Milestone("w19", "Data cleaning and a custom tokenizer", "32k SentencePiece tokenizer within 10% ppl of GPT-2's"),
+    Milestone("w21", "Multi-node training in containers", "124M GPT on 2+ nodes, scaling efficiency analysed"),
+    Milestone("w23", "Portfolio and interviews", "all projects documented with results"),
+]}
+
+
+def get_milestone(milestone_id: str) -> Milestone:
+    try:
+        return MILESTONES[milestone_id]
+    except KeyError:
+        raise KeyError(f"unknown milestone {milestone_id!r}; known: {', '.join(MILESTONES)}") from None

@@ -1,0 +1,36 @@
+"""Shared pieces of the fast tests: profiles as specs, throw-away artifact roots, a tiny WikiText-format dir."""
+from pathlib import Path
+
+import pytest
+
+from impl.core.artifacts import Runs
+from impl.core.profiles import load_profile
+
+TINY = Path(__file__).parent / "data" / "tiny.yaml"
+
+
+@pytest.fixture
+def tiny_spec():
+    return load_profile(TINY).milestone("w01")
+
+
+@pytest.fixture
+def tmp_runs(tmp_path):
+    return Runs("w01", "test", root=tmp_path / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def wikitext_like_dir(tmp_path_factory):
+    """What `datasets` fetches for Salesforce/wikitext (a `text` column of raw lines per split), in miniature,
+    filled with real offline text so the tokenizer sees real words."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from impl.core.fixtures import read_documents
+
+    docs = read_documents("austen")
+    out = tmp_path_factory.mktemp("wikitext-2-raw-v1")
+    for split, chunk in (("train", docs[:6]), ("validation", docs[6:8]), ("test", docs[8:10])):
+        lines = [" = Chapter = \n", ""] + [p + "\n" for d in chunk for p in d["text"].split("\n\n")]
+        pq.write_table(pa.table({"text": lines}), out / f"{split}-00000-of-00001.parquet")
+    return out

@@ -1,0 +1,110 @@
+"""The scorecard: its forms, its merging, and the pytest plugin end to end (xdist, skips, errors, Ctrl-C)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from impl.core import scorecard
+from impl.core.registry import MILESTONES
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "data" / "tiny.yaml"
+
+
+def row(**kw):
+    base = {"milestone": "w01", "check": "test_x", "profile": "cpu", "status": "pass", "metric": "val_ppl",
+            "direction": "lower", "target": 300.0, "value": 220.0, "data": "d", "protocol": "p",
+            "curve": [(0, 8.0), (10, 6.0)], "extra": {"sample": "It is a truth"}}
+    return {**base, **kw}
+
+
+def test_every_milestone_appears_and_the_newest_row_wins(tmp_path):
+    scorecard.write([row(value=250.0)], tmp_path)
+    scorecard.write([row(value=220.0), row(profile="gpu1", status="skip", value=None, curve=None)], tmp_path)
+    rows = json.loads((tmp_path / "scorecard.json").read_text())["rows"]
+    w01 = [r for r in rows if r["milestone"] == "w01"]
+    assert {(r["profile"], r["value"]) for r in w01} == {("cpu", 220.0), ("gpu1", None)}
+    missing = {r["milestone"] for r in rows if r["status"] == "not-implemented"}
+    assert missing == set(MILESTONES) - {"w01"}
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 3
+
+
+def test_markdown_and_html_show_profile_data_protocol_and_plots(tmp_path):
+    scorecard.write([row(), row(check="test_y", status="fail", value=400.0, message="ppl too high")], tmp_path)
+    md = (tmp_path / "scorecard.md").read_text()
+    assert "| w01 | test_x | cpu | PASS | val_ppl | 220 | < 300 | d | p |" in md
+    assert "ppl too high" in md and "NOT-IMPLEMENTED" in md
+    page = (tmp_path / "scorecard.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # training curves, measured vs target
+    assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained
+    os.remove(tmp_path / "scorecard.html")
+    from impl.__main__ import main
+
+    os.environ["LLM_MILESTONES_REPORTS"] = str(tmp_path)
+    try:
+        assert main(["report"]) == 0
+    finally:
+        del os.environ["LLM_MILESTONES_REPORTS"]
+    assert (tmp_path / "scorecard.html").exists()
+
+
+def _pytest(tmp_path, *args, cache=None):
+    env = {**os.environ, "LLM_MILESTONES_ARTIFACTS": str(tmp_path / "artifacts")}
+    if cache:
+        env["LLM_MILESTONES_CACHE"] = str(cache)
+    cmd = [sys.executable, "-m", "pytest", "acceptance", "--reports-dir", str(tmp_path / "reports"), "-q", *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _rows(tmp_path):
+    return json.loads((tmp_path / "reports" / "scorecard.json").read_text())["rows"]
+
+
+def test_plugin_under_xdist_merges_both_workers_rows(tmp_path):
+    p = _pytest(tmp_path, "--profile", str(TINY), "--profile", "gpu1", "-n", "2")
+    out, _ = p.communicate(timeout=900)
+    assert p.returncode == 0, out
+    rows = {(r["milestone"], r["check"], r["profile"]): r for r in _rows(tmp_path)}
+    ppl = rows[("w01", "test_gpt_from_scratch_reaches_target_validation_perplexity", "tiny")]
+    ddp = rows[("w01", "test_ddp_trains_the_same_model_as_one_process", "tiny")]
+    skipped = rows[("w01", "test_gpt_from_scratch_reaches_target_validation_perplexity", "gpu1")]
+    assert ppl["status"] == "pass" and ppl["value"] < 3500 and ppl["curve"] and "austen+brown" in ppl["data"]
+    assert ppl["protocol"].startswith("toy") and ppl["commit"] and ppl["versions"]["torch"]
+    assert ddp["status"] == "pass" and ddp["extra"]["backend"] == "gloo"
+    assert skipped["status"] == "skip" and "needs 1 GPU(s) with >= 24 GB; found none" in skipped["message"]
+    assert sum(r["status"] == "not-implemented" for r in rows.values()) == len(MILESTONES) - 1
+    assert not any((tmp_path / "reports" / ".rows").iterdir())
+
+
+def test_a_check_that_breaks_before_measuring_is_an_error_row(tmp_path):
+    p = _pytest(tmp_path, "--profile", str(TINY), "-k", "perplexity", cache=tmp_path / "empty-cache")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 1, out
+    (r,) = [r for r in _rows(tmp_path) if r["profile"] == "tiny"]
+    assert r["status"] == "error" and "python -m impl fetch" in r["message"]
+
+
+def test_a_missed_target_is_a_fail_row_with_the_value(tmp_path):
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(TINY.read_text().replace("name: tiny", "name: strict").replace("threshold: 3500", "threshold: 2"))
+    p = _pytest(tmp_path, "--profile", str(strict), "-m", "strict", "-k", "perplexity")
+    out, _ = p.communicate(timeout=600)
+    assert p.returncode == 1, out
+    (r,) = [r for r in _rows(tmp_path) if r["profile"] == "strict"]
+    assert r["status"] == "fail" and r["value"] > 2 and "target < 2" in r["message"]
+
+
+def test_an_interrupted_session_still_writes_the_scorecard(tmp_path):
+    p = _pytest(tmp_path, "--profile", str(TINY))
+    deadline = time.time() + 600
+    while not list((tmp_path / "reports" / ".rows").glob("*/main.jsonl")):
+        assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "no row"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)  # Ctrl-C during the second check
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2, out  # pytest's "interrupted"
+    statuses = [r["status"] for r in _rows(tmp_path) if r["profile"] == "tiny"]
+    assert statuses == ["pass"]

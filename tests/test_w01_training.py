@@ -1,0 +1,126 @@
+"""w01 training runs at toy scale: sabotage twins, resume after a kill, DDP parity and its twin, bad checkpoints."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from impl import adapters
+from impl.core.artifacts import CheckpointError, Runs
+from impl.core.profiles import load_profile, override
+
+from .conftest import TINY
+
+
+def test_learning_rate_zero_fails_the_cpu_target(tmp_runs):
+    """Sabotage twin of the cpu val_ppl check: the same spec and protocol (whole validation split), lr 0.
+    With lr 0 the weights never move, so two steps stand for the full budget."""
+    cpu = load_profile("cpu").milestone("w01")
+    broken = override(cpu, train={"lr": 0.0, "min_lr": 0.0, "steps": 2})
+    result = adapters.w01_train(broken, tmp_runs)
+    assert result.metrics["val_tokens_scored"] > 100_000
+    assert not cpu.targets["val_ppl"].passes(result.metrics["val_ppl"])
+    assert result.metrics["val_ppl"] > 3000  # ~uniform over the 4,096-token vocabulary
+
+
+def test_a_few_steps_beat_the_untrained_model(tiny_spec, tmp_runs):
+    trained = adapters.w01_train(tiny_spec, tmp_runs).metrics
+    frozen = adapters.w01_train(override(tiny_spec, train={"lr": 0.0, "min_lr": 0.0}), tmp_runs).metrics
+    assert trained["val_ppl"] < 0.8 * frozen["val_ppl"]
+    assert trained["val_bpb"] < frozen["val_bpb"]
+
+
+def _train_cli(profile: Path, artifacts: Path) -> subprocess.Popen:
+    env = {**os.environ, "LLM_MILESTONES_ARTIFACTS": str(artifacts)}
+    return subprocess.Popen([sys.executable, "-m", "impl", "train", "w01", "--profile", str(profile)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_reaches_the_same_model(tmp_path):
+    profile = tmp_path / "slowish.yaml"
+    # enough steps that the kill lands between checkpoints
+    profile.write_text(TINY.read_text().replace("steps: 12,", "steps: 300,").replace("checkpoint_every: 4", "checkpoint_every: 50"))
+    straight = _train_cli(profile, tmp_path / "a")
+    assert straight.wait(timeout=600) == 0, straight.stdout.read()
+
+    killed = _train_cli(profile, tmp_path / "b")
+    deadline = time.time() + 600
+    while not list((tmp_path / "b").glob("w01/tiny/*/checkpoint.pt")):
+        assert killed.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    (run,) = (tmp_path / "b").glob("w01/tiny/*")
+    assert not (run / "metrics.json").exists()
+    resumed = _train_cli(profile, tmp_path / "b")
+    assert resumed.wait(timeout=600) == 0, resumed.stdout.read()
+
+    (ref,) = (tmp_path / "a").glob("w01/tiny/*")
+    a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a), "resumed weights differ from the uninterrupted run"
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (ref, run))
+    assert ma["val_loss"] == mb["val_loss"]
+    steps = [json.loads(l)["step"] for l in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "the training log repeats or loses steps after the resume"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_checkpoint_gives_a_clear_error_and_is_kept(tiny_spec, tmp_runs, damage):
+    run_dir = tmp_runs.dir_for(tiny_spec.model_dump(exclude={"targets", "ddp_parity"}))
+    ckpt = run_dir / "checkpoint.pt"
+    if damage == "truncated":
+        import torch
+
+        torch.save({"model": {"w": torch.zeros(1000)}, "optimizer": {}, "step": 4, "rng": torch.get_rng_state()}, ckpt)
+        ckpt.write_bytes(ckpt.read_bytes()[:300])
+    else:
+        ckpt.write_bytes(b"not a checkpoint")
+    before = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match="unreadable.*left as it is"):
+        adapters.w01_train(tiny_spec, tmp_runs)
+    assert ckpt.read_bytes() == before, "the damaged checkpoint must be left for the user"
+
+
+def test_a_corrupt_final_model_gives_a_clear_error(tiny_spec, tmp_runs):
+    from impl.w01_gpt.train import load_trained
+
+    result = adapters.w01_train(tiny_spec, tmp_runs)
+    weights = result.run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="model.safetensors cannot be loaded"):
+        load_trained(result.run_dir)
+
+
+def test_reuse_takes_a_complete_run_and_otherwise_trains_again(tiny_spec, tmp_path):
+    first = adapters.w01_train(tiny_spec, Runs("w01", "t", root=tmp_path)).run_dir
+    again = adapters.w01_train(tiny_spec, Runs("w01", "t", root=tmp_path))
+    reused = adapters.w01_train(tiny_spec, Runs("w01", "t", reuse=True, root=tmp_path))
+    assert again.run_dir != first and not again.reused
+    assert reused.reused and reused.run_dir in (first, again.run_dir)
+    other = adapters.w01_train(override(tiny_spec, train={"seed": 1}), Runs("w01", "t", reuse=True, root=tmp_path))
+    assert not other.reused, "a run with another config must not be reused"
+
+
+def test_ddp_on_two_gloo_processes_matches_one_process(tiny_spec, tmp_runs):
+    r = adapters.w01_ddp_parity(tiny_spec, tmp_runs)
+    assert tiny_spec.targets["ddp_max_param_diff"].passes(r["ddp_max_param_diff"])
+    assert r["max_loss_diff"] < 1e-5 and r["backend"] == "gloo"
+
+
+def test_ddp_without_the_gradient_all_reduce_fails_the_parity_target(tiny_spec, tmp_runs):
+    """Sabotage twin of the DDP parity check: each rank steps on its own half of the batch."""
+    r = adapters.w01_ddp_parity(tiny_spec, tmp_runs, skip_allreduce=True)
+    assert not tiny_spec.targets["ddp_max_param_diff"].passes(r["ddp_max_param_diff"])
+    cpu = load_profile("cpu").milestone("w01")
+    assert not cpu.targets["ddp_max_param_diff"].passes(r["ddp_max_param_diff"])
+
+
+def test_batch_not_divisible_by_processes_is_refused(tiny_spec, tmp_runs):
+    bad = override(tiny_spec, train={"batch_size": 9, "grad_accum": 2})
+    with pytest.raises(ValueError, match="multiple of processes x grad_accum"):
+        adapters.w01_train(bad, tmp_runs)
