@@ -96,7 +96,7 @@ def markdown(card: dict) -> str:
     for r in rows:
         cells = [r["milestone"], r["check"], r["profile"], r["status"].upper(), r.get("metric") or "",
                  _fmt(r.get("value")), _target(r), r.get("data") or "", r.get("protocol") or "", r.get("commit") or ""]
-        lines.append("| " + " | ".join(str(c).replace("|", "/").replace("\n", " ") for c in cells) + " |")
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     for r in rows:
         extra = r.get("extra") or {}
         if r["status"] in ("fail", "error", "skip") and r.get("message"):
@@ -143,7 +143,6 @@ def _plots(rows: list[dict]) -> list[tuple[str, str]]:
             ax.set_xticks([])
             ax.set_title(f"{r['milestone']} {r['metric']}\n[{r['profile']}]", fontsize=8)
             ax.legend(fontsize=7)
-        fig.suptitle("Measured vs target")
         plots.append(("Measured vs target", _png(fig)))
     return plots
 

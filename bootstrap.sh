@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything from a fresh machine with Python 3.11: a virtual environment, the suite and its dependencies,
+# the fixture data, then the cpu acceptance suite, which ends with the scorecard in reports/.
+#
+#   bash bootstrap.sh           # set up and run the cpu acceptance checks
+#   bash bootstrap.sh --setup   # set up only (.ci/run uses this, then runs the whole test suite)
+set -euo pipefail
+cd "$(dirname "$0")"
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+python=$(command -v python3.11 || command -v python3)
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    .venv/bin/pip install -q -e .                          # keeps or takes a CUDA build of torch
+else
+    .venv/bin/pip install -q -c .ci/constraints-cpu.txt -e .  # the CPU build of torch, pinned
+fi
+
+# The fixtures come through apt-get download and npm pack; a bare Debian image may lack npm.
+if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq npm >/dev/null
+fi
+.venv/bin/python -m impl fetch
+
+if [ "${1:-}" != "--setup" ]; then
+    .venv/bin/python -m pytest acceptance -m cpu
+fi
