@@ -14,7 +14,6 @@ interrupted, and under pytest-xdist the controller merges the workers' rows.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -136,7 +135,8 @@ def _row(item, outcome: str, message: str | None, duration: float) -> dict:
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    if item.get_closest_marker("check") is None or "profile" not in getattr(item, "callspec", pytest).__dict__.get("params", {}):
+    callspec = getattr(item, "callspec", None)
+    if item.get_closest_marker("check") is None or callspec is None or "profile" not in callspec.params:
         return
     item._durations = getattr(item, "_durations", 0.0) + report.duration
     # one row per check: at the end of the call, or at setup when it never got there (skip, error)

@@ -38,8 +38,12 @@ def test_gpu2_path_ddp_under_torchrun_and_its_parity_check(wikitext_like_dir, tm
 def test_hub_source_without_a_hub_says_what_to_do(tmp_runs, monkeypatch):
     from impl.core.corpora import DataError
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import datasets.config
+    import huggingface_hub.constants
+
+    # the libraries read the environment at import, which an earlier test may have done: set their flags
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     spec = override(load_profile("gpu1").milestone("w01"), data={"hub_path": "no-such-org/no-such-dataset"})
     with pytest.raises(DataError, match="local_dir"):
         adapters.w01_train(spec, tmp_runs)

@@ -47,7 +47,7 @@ def torchrun(module: str, args: list[str], nproc: int, timeout_s: float, log_pat
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            raise DistributedError(f"{' '.join(cmd)} timed out after {timeout_s:.0f} s; output:\n{_tail(log_path)}")
+            raise DistributedError(f"{' '.join(cmd)} timed out after {timeout_s:.0f} s; output:\n{_tail(log_path)}") from None
         except BaseException:  # interrupted: never leave ranks behind
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

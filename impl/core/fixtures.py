@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import struct
 import subprocess
 import tarfile
 import tempfile
@@ -107,8 +105,7 @@ def _austen(raw: Path, out: Path) -> None:
         docs = []
         for book, (offset, length) in index["variables"].items():
             offset, length = int(offset), int(length)
-            # each lazy-load entry: 4-byte big-endian length, then zlib-compressed serialized R data
-            (size,) = struct.unpack(">I", blob[offset:offset + 4])
+            # each lazy-load entry: 4-byte big-endian uncompressed length, then zlib-compressed serialized R data
             lines = rdata.conversion.convert(rdata.parser.parse_data(zlib.decompress(blob[offset + 4:offset + length])))
             chapter, buf = 0, []
             for line in list(lines) + ["CHAPTER END"]:

@@ -37,7 +37,7 @@ def run(spec: W01Spec, runs: Runs, skip_allreduce: bool = False) -> dict:
     a, b = (load_file(str(dirs[n] / "model.safetensors")) for n in ("single", "ddp"))
     param_diff = max((a[k] - b[k]).abs().max().item() for k in a)
     logs = {n: [json.loads(l) for l in (dirs[n] / "train_log.jsonl").read_text().splitlines()] for n in dirs}
-    loss_diff = max(abs(x["loss"] - y["loss"]) for x, y in zip(logs["single"], logs["ddp"]))
+    loss_diff = max(abs(x["loss"] - y["loss"]) for x, y in zip(logs["single"], logs["ddp"], strict=True))
     m = {n: json.loads((dirs[n] / "metrics.json").read_text()) for n in dirs}
     nproc = spec.ddp_parity.nproc
     return {
