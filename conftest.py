@@ -22,7 +22,7 @@ import pytest
 
 from impl.core import scorecard as card
 from impl.core.artifacts import Runs, environment
-from impl.core.profiles import ProfileError, builtin_profiles, load_profile
+from impl.core.profiles import Profile, ProfileError, builtin_profiles, load_profile
 
 ROWS_DIR = ".rows"
 
@@ -75,13 +75,18 @@ class Scorecard:
         self.milestone, self.target_name, self.target = milestone, target_name, spec.targets[target_name]
         self.value, self.data, self.curve, self.extra = None, None, None, {}
 
-    def check(self, value: float, data: str, curve: list | None = None, **extra) -> None:
-        """Record the measured value with its data and context, then assert the target."""
-        self.value, self.data, self.curve = float(value), data, curve
+    def check(self, value: float, data: str, curve: list | None = None, baselines: dict | None = None,
+              **extra) -> None:
+        """Record the measured value with its data and context, then assert the target. A relative target
+        judges the value against the baselines measured in the same run (recorded beside it)."""
+        self.data, self.curve = data, curve
+        if baselines:
+            self.extra.update({self.target_name: float(value), **{f"baseline {k}": v for k, v in baselines.items()}})
         self.extra.update(extra)
+        self.value = float(self.target.checked_value(float(value), baselines))
         assert self.target.passes(self.value), (
-            f"{self.milestone} {self.target_name} = {self.value:.4g}, target {self.target.describe()} "
-            f"({self.target.protocol})")
+            f"{self.milestone} {self.target.label(self.target_name)} = {self.value:.4g}, target "
+            f"{self.target.describe()} ({self.target.protocol})")
 
 
 @pytest.fixture
@@ -122,7 +127,7 @@ def _row(item, outcome: str, message: str | None, duration: float) -> dict:
     hw = f"{_ENV['cpu_threads']} CPU threads" + (f", {len(_ENV['gpus'])}x {_ENV['gpus'][0]}" if _ENV["gpus"] else "")
     return {
         "milestone": milestone, "check": item.originalname, "profile": profile.name, "status": status,
-        "metric": target_name, "direction": target.direction, "target": target.threshold,
+        "metric": target.label(target_name), "direction": target.direction, "target": target.threshold,
         "value": rec.value if rec else None, "data": rec.data if rec else None, "protocol": target.protocol,
         "hardware": hw, "versions": {k: _ENV[k] for k in ("python", "torch", "transformers") if k in _ENV},
         "commit": _ENV["commit"], "duration_s": round(duration, 1), "message": message,
@@ -136,8 +141,9 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     callspec = getattr(item, "callspec", None)
-    if item.get_closest_marker("check") is None or callspec is None or "profile" not in callspec.params:
-        return
+    if item.get_closest_marker("check") is None or callspec is None or \
+            not isinstance(callspec.params.get("profile"), Profile):
+        return  # not a check, or a check no selected profile defines (pytest skips its empty parameter set)
     item._durations = getattr(item, "_durations", 0.0) + report.duration
     # one row per check: at the end of the call, or at setup when it never got there (skip, error)
     if (report.when == "call") or (report.when == "setup" and not report.passed):

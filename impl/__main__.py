@@ -3,6 +3,7 @@
     python -m impl profiles                   # profiles, and whether this machine satisfies each
     python -m impl fetch [NAME ...]           # obtain, verify and cache fixture data and models
     python -m impl train w01 --profile cpu    # train a milestone outside pytest, with a progress bar
+    python -m impl train w03 --profile cpu    # w03's three runs: classifier, causal-LM fine-tune, MLM
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
 """
 from __future__ import annotations
@@ -57,7 +58,17 @@ def _train_w01(spec, runs):
     return adapters.w01_train(spec, runs, progress=True)
 
 
-TRAINERS = {"w01": _train_w01}
+def _train_w03(spec, runs):
+    from impl import adapters
+    from impl.core.artifacts import RunResult
+
+    results = {"classifier": adapters.w03_classifier(spec, runs, progress=True),
+               "clm": adapters.w03_clm(spec, runs, progress=True), "mlm": adapters.w03_mlm(spec, runs, progress=True)}
+    metrics = {f"{name} {k}": v for name, r in results.items() for k, v in r.metrics.items()}
+    return RunResult(results["mlm"].run_dir.parents[2], metrics)
+
+
+TRAINERS = {"w01": _train_w01, "w03": _train_w03}
 
 
 def cmd_report(args) -> int:

@@ -28,3 +28,27 @@ def w01_ddp_parity(spec, runs: Runs, skip_allreduce: bool = False) -> dict:
     from impl.w01_gpt import ddp_parity
 
     return ddp_parity.run(spec, runs, skip_allreduce=skip_allreduce)
+
+
+# --- w03: fine-tuning with Hugging Face -------------------------------------------------------------------
+def w03_classifier(spec, runs: Runs, progress: bool = False, shuffle_labels: bool = False) -> RunResult:
+    """Fine-tune the profile's pretrained encoder into a sentiment classifier; metrics: accuracy (test split),
+    the baselines majority_class and tfidf_logreg on the same split, val_accuracy."""
+    from impl.w03_finetune import classifier
+
+    config = {**spec.classifier.model_dump(), "shuffle_labels": shuffle_labels}
+    return classifier.run(spec.classifier, runs.dir_for(config, name="classifier"), progress, shuffle_labels)
+
+
+def w03_clm(spec, runs: Runs, progress: bool = False) -> RunResult:
+    """Fine-tune the profile's causal LM; metrics: val_ppl, ppl_before_finetune, stories (prompt, story)."""
+    from impl.w03_finetune import clm
+
+    return clm.run(spec.clm, runs.dir_for(spec.clm.model_dump(), name="clm"), progress)
+
+
+def w03_mlm(spec, runs: Runs, progress: bool = False) -> RunResult:
+    """Pretrain a BERT with MLM from scratch; metrics: masked_accuracy and the most_frequent_token baseline."""
+    from impl.w03_finetune import mlm
+
+    return mlm.run(spec.mlm, runs.dir_for(spec.mlm.model_dump(), name="mlm"), progress)

@@ -41,9 +41,8 @@ def offline_splits(corpora: list[str], val_fraction: float) -> TextSplits:
                                   f"(split by sha256 of document id, val_fraction={val_fraction})")
 
 
-def hub_splits(hub_path: str | None, hub_name: str | None, local_dir: str | None,
-               splits: tuple[str, str] = ("train", "validation")) -> TextSplits:
-    """One text per split: the rows of the `text` column concatenated, which restores the raw file."""
+def hub_dataset(hub_path: str | None, hub_name: str | None, local_dir: str | None, splits: tuple[str, ...]):
+    """`datasets.load_dataset(hub_path, hub_name)`, or the same splits from `<local_dir>/<split>-*.parquet`."""
     import datasets
 
     if local_dir:
@@ -52,16 +51,32 @@ def hub_splits(hub_path: str | None, hub_name: str | None, local_dir: str | None
         missing = [s for s, f in files.items() if not f]
         if missing:
             raise DataError(f"{d}: no {', '.join(f'{s}-*.parquet' for s in missing)} files")
-        ds = datasets.load_dataset("parquet", data_files=files)
-        origin = f"{local_dir} (local copy of {hub_path or 'a hub dataset'})"
-    else:
+        import pyarrow.parquet as pq
+
+        for split, paths in files.items():  # `datasets` cannot read a zero-row file: say which split is empty
+            if sum(pq.ParquetFile(p).metadata.num_rows for p in paths) == 0:
+                raise DataError(f"{d}: the {split} split is empty ({', '.join(Path(p).name for p in paths)})")
         try:
-            ds = datasets.load_dataset(hub_path, hub_name)
-        except Exception as e:  # offline machines: say what to do instead of a hub traceback
-            raise DataError(f"cannot load {hub_path}/{hub_name} from the hub ({type(e).__name__}: {e}); "
-                            f"on a machine without a hub set 'data.local_dir' to a directory of "
-                            f"<split>-*.parquet files") from None
-        origin = f"{hub_path}/{hub_name} (hub)"
+            ds = datasets.load_dataset("parquet", data_files=files)
+        except Exception as e:
+            raise DataError(f"{d}: cannot read the parquet files ({type(e).__name__}: {e})") from None
+        return ds, f"{local_dir} (local copy of {hub_path or 'a hub dataset'})"
+    try:
+        ds = datasets.load_dataset(hub_path, hub_name)
+    except Exception as e:  # offline machines: say what to do instead of a hub traceback
+        raise DataError(f"cannot load {hub_path}/{hub_name} from the hub ({type(e).__name__}: {e}); "
+                        f"on a machine without a hub set 'data.local_dir' to a directory of "
+                        f"<split>-*.parquet files") from None
+    absent = [s for s in splits if s not in ds]
+    if absent:
+        raise DataError(f"{hub_path}/{hub_name} has no split(s) {absent}; it has {list(ds)}")
+    return ds, f"{hub_path}/{hub_name or ''} (hub)"
+
+
+def hub_splits(hub_path: str | None, hub_name: str | None, local_dir: str | None,
+               splits: tuple[str, str] = ("train", "validation")) -> TextSplits:
+    """One text per split: the rows of the `text` column concatenated, which restores the raw file."""
+    ds, origin = hub_dataset(hub_path, hub_name, local_dir, splits)
     texts = ["".join(ds[s]["text"]) for s in splits]
     if not all(t.strip() for t in texts):
         raise DataError(f"{origin}: a split is empty")

