@@ -52,3 +52,20 @@ def w03_mlm(spec, runs: Runs, progress: bool = False) -> RunResult:
     from impl.w03_finetune import mlm
 
     return mlm.run(spec.mlm, runs.dir_for(spec.mlm.model_dump(), name="mlm"), progress)
+
+
+# --- w13: tensor and pipeline parallelism -----------------------------------------------------------------
+def w13_parallel(spec, runs: Runs, kind: str, sabotage: bool = False, timeout_s: float = 1800,
+                 inject_fault: str | None = None) -> dict:
+    """`kind` "tp" (Megatron-style tensor parallel) or "pp" (a pipeline) on `parity.nproc` processes, against the
+    same GPT in one process: max_grad_diff, max_logit_diff, loss_diff, max_param_diff, tokens/s, memory."""
+    from impl.w13_parallel.run import run
+
+    return run(spec, runs, kind, sabotage=sabotage, timeout_s=timeout_s, inject_fault=inject_fault)
+
+
+def w13_analysis(tp: dict | None, pp: dict | None) -> str:
+    """The Markdown efficiency analysis computed from `w13_parallel` results."""
+    from impl.w13_parallel.run import analysis_markdown
+
+    return analysis_markdown(tp, pp)

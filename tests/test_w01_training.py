@@ -124,3 +124,23 @@ def test_batch_not_divisible_by_processes_is_refused(tiny_spec, tmp_runs):
     bad = override(tiny_spec, train={"batch_size": 9, "grad_accum": 2})
     with pytest.raises(ValueError, match="multiple of processes x grad_accum"):
         adapters.w01_train(bad, tmp_runs)
+
+
+def test_two_processes_building_the_same_token_cache_at_once_both_succeed(tmp_path, tiny_spec):
+    """pytest-xdist workers (or a user's two shells) may prepare the same cold cache concurrently."""
+    from impl.core.fixtures import fixture_path
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("austen", "brown"):
+        (cache / name).symlink_to(fixture_path(name))
+    code = ("import sys; from impl.core.profiles import load_profile; from impl.w01_gpt.data import prepare; "
+            f"s = load_profile({str(TINY)!r}).milestone('w01'); d = prepare(s.data, s.tokenizer); "
+            "print(len(d.train), len(d.val))")
+    env = {**os.environ, "LLM_MILESTONES_CACHE": str(cache)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert outs[0].split()[-2:] == outs[1].split()[-2:]
+    assert not list((cache / "tokenized").glob("*.tmp"))

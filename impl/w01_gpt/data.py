@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +76,21 @@ def prepare(data: DataSpec, tokenizer: TokenizerSpec) -> TokenData:
             splits = offline_splits(data.corpus, data.val_fraction)
         else:
             splits = hub_splits(data.hub_path, data.hub_name, data.local_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.mkdir(parents=True, exist_ok=True)
+        # a private temporary directory: two processes (pytest-xdist workers) may build the same cache at once
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         tok = _build_tokenizer(tokenizer, splits.train, tmp)
         np.save(tmp / "train.npy", _encode(tok, splits.train))
         np.save(tmp / "val.npy", _encode(tok, splits.val))
         val_bytes = sum(len(t.encode("utf-8")) for t in splits.val)
         (tmp / "meta.json").write_text(json.dumps({
             "val_bytes": val_bytes, "vocab_size": len(tok), "description": splits.description}))
-        tmp.rename(out)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process finished first: its copy is identical
+            shutil.rmtree(tmp)
     meta = json.loads((out / "meta.json").read_text())
     return TokenData(np.load(out / "train.npy"), np.load(out / "val.npy"), meta["val_bytes"],
                      meta["vocab_size"], out, meta["description"])
