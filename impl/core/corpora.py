@@ -9,6 +9,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from impl.core.errors import MilestonesError
 from impl.core.fixtures import read_documents
@@ -16,6 +19,26 @@ from impl.core.fixtures import read_documents
 
 class DataError(MilestonesError):
     pass
+
+
+class DataSource(BaseModel):
+    """A profile's `data:` section: fixture corpora (offline), or a hub dataset, which `local_dir` replaces with
+    a directory of `<split>-*.parquet` files in the hub's layout (machines without a hub, the fast tests).
+    Milestones subclass it to name the corpora they accept and add their own fields."""
+    model_config = ConfigDict(extra="forbid")
+    source: Literal["offline", "hub"]
+    corpus: list[str] = []  # offline: fixture names
+    hub_path: str | None = None  # hub: a `datasets` dataset, e.g. Salesforce/wikitext
+    hub_name: str | None = None  # its configuration, e.g. wikitext-2-raw-v1
+    local_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        if self.source == "offline" and not self.corpus:
+            raise ValueError("source 'offline' needs a non-empty 'corpus' list")
+        if self.source == "hub" and not (self.hub_path or self.local_dir):
+            raise ValueError("source 'hub' needs 'hub_path' (or 'local_dir')")
+        return self
 
 
 @dataclass

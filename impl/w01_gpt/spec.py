@@ -5,6 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from impl.core.corpora import DataSource
 from impl.core.targets import Target
 
 
@@ -12,21 +13,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class DataSpec(Strict):
-    source: Literal["offline", "hub"]
+class DataSpec(DataSource):
     corpus: list[Literal["austen", "brown"]] = []  # offline: fixture corpora, split by document
     val_fraction: float = 0.1
-    hub_path: str | None = None  # hub: a `datasets` dataset, e.g. Salesforce/wikitext
-    hub_name: str | None = None  # its configuration, e.g. wikitext-2-raw-v1
-    local_dir: str | None = None  # a directory of <split>-*.parquet files replacing the hub (offline machines, tests)
-
-    @model_validator(mode="after")
-    def _source_fields(self):
-        if self.source == "offline" and not self.corpus:
-            raise ValueError("source 'offline' needs a non-empty 'corpus' list")
-        if self.source == "hub" and not (self.hub_path or self.local_dir):
-            raise ValueError("source 'hub' needs 'hub_path' (or 'local_dir')")
-        return self
 
 
 class TokenizerSpec(Strict):

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict
 
+from impl.core.corpora import DataSource
 from impl.core.hf import HFTrainSpec
 from impl.core.targets import Target
 
@@ -13,25 +14,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class HubSource(Strict):
-    """Either fixture corpora (offline) or a hub dataset; `local_dir` replaces the hub with a directory of
-    `<split>-*.parquet` files in the hub's layout (machines without a hub, the fast tests)."""
-    source: Literal["offline", "hub"]
-    corpus: list[str] = []  # offline: fixture names (each subclass says which)
-    hub_path: str | None = None
-    hub_name: str | None = None
-    local_dir: str | None = None
-
-    @model_validator(mode="after")
-    def _source_fields(self):
-        if self.source == "offline" and not self.corpus:
-            raise ValueError("source 'offline' needs a non-empty 'corpus' list")
-        if self.source == "hub" and not (self.hub_path or self.local_dir):
-            raise ValueError("source 'hub' needs 'hub_path' (or 'local_dir')")
-        return self
-
-
-class SentimentData(HubSource):
+class SentimentData(DataSource):
     corpus: list[Literal["pang-lee"]] = []
     text_column: str = "text"
     label_column: str = "label"
@@ -56,7 +39,7 @@ class StorySpec(Strict):
     seed: int = 0
 
 
-class LMData(HubSource):
+class LMData(DataSource):
     corpus: list[Literal["austen", "brown"]] = []
     text_columns: list[str] = ["text"]  # hub: joined by a blank line (WritingPrompts: prompt, story)
     val_fraction: float = 0.1  # offline: documents held out, by sha256 of the document id
