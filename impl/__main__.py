@@ -4,6 +4,7 @@
     python -m impl fetch [NAME ...]           # obtain, verify and cache fixture data and models
     python -m impl train w01 --profile cpu    # train a milestone outside pytest, with a progress bar
     python -m impl train w03 --profile cpu    # w03's three runs: classifier, causal-LM fine-tune, MLM
+    python -m impl train w05 --profile cpu    # the DeepSpeed ZeRO-2 run on 2 processes (torchrun)
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
 """
 from __future__ import annotations
@@ -68,7 +69,13 @@ def _train_w03(spec, runs):
     return RunResult(results["mlm"].run_dir.parents[2], metrics)
 
 
-TRAINERS = {"w01": _train_w01, "w03": _train_w03}
+def _train_w05(spec, runs):
+    from impl import adapters
+
+    return adapters.w05_train(spec, runs)
+
+
+TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05}
 
 
 def cmd_report(args) -> int:

@@ -54,6 +54,31 @@ def w03_mlm(spec, runs: Runs, progress: bool = False) -> RunResult:
     return mlm.run(spec.mlm, runs.dir_for(spec.mlm.model_dump(), name="mlm"), progress)
 
 
+# --- w05: DeepSpeed ZeRO --------------------------------------------------------------------------------
+def w05_train(spec, runs: Runs, gpu_hour_usd: float | None = None) -> RunResult:
+    """Train the w01 GPT through `deepspeed.initialize` (ZeRO `train.zero_stage`) on `train.nproc` processes;
+    metrics: val_ppl, unigram_val_ppl, train_tokens_per_s, peak_memory_mb_per_rank, device_hours, cost_usd."""
+    from impl.w05_deepspeed import run
+
+    return run.train(spec, runs, gpu_hour_usd=gpu_hour_usd)
+
+
+def w05_compare(spec, runs: Runs, same_shard: bool = False) -> dict:
+    """Plain DDP and ZeRO at each of `compare.stages` for `compare.steps` steps, same seed and global batch:
+    zero2_ddp_max_loss_diff, optimizer_state_ratio (ZeRO-2 / DDP bytes per rank) and every run's numbers.
+    `same_shard` (a sabotage twin): the ZeRO-2 ranks all train on rank 0's slice of the batch."""
+    from impl.w05_deepspeed import run
+
+    return run.compare(spec, runs, same_shard=same_shard)
+
+
+def w05_stage_table(comparison: dict, gpu_hour_usd: float | None = None) -> str:
+    """The Markdown ZeRO stage table of a `w05_compare` result (memory per rank, tokens/s, cost)."""
+    from impl.w05_deepspeed.run import stage_table_markdown
+
+    return stage_table_markdown(comparison, gpu_hour_usd)
+
+
 # --- w13: tensor and pipeline parallelism -----------------------------------------------------------------
 def w13_parallel(spec, runs: Runs, kind: str, sabotage: bool = False, timeout_s: float = 1800,
                  inject_fault: str | None = None) -> dict:

@@ -104,3 +104,31 @@ def hub_splits(hub_path: str | None, hub_name: str | None, local_dir: str | None
     if not all(t.strip() for t in texts):
         raise DataError(f"{origin}: a split is empty")
     return TextSplits([texts[0]], [texts[1]], f"{origin}, splits {splits[0]}/{splits[1]}")
+
+
+def hub_document_splits(hub_path: str | None, hub_name: str | None, local_dir: str | None, max_docs: int,
+                        val_fraction: float) -> TextSplits:
+    """A subset of a one-split document dataset (OpenWebText has only `train`): the first `max_docs` rows of
+    its `text` column, each document wholly in train or validation by a hash of its row number. The hub is
+    streamed, so a subset costs only its own download."""
+    if local_dir:
+        ds, origin = hub_dataset(hub_path, hub_name, local_dir, ("train",))
+        texts = ds["train"]["text"][:max_docs]
+    else:
+        import datasets
+
+        try:
+            stream = datasets.load_dataset(hub_path, hub_name, split="train", streaming=True)
+            texts = [row["text"] for _, row in zip(range(max_docs), stream)]
+        except Exception as e:
+            raise DataError(f"cannot stream {hub_path}/{hub_name} from the hub ({type(e).__name__}: {e}); "
+                            f"on a machine without a hub set 'data.local_dir' to a directory of "
+                            f"train-*.parquet files with a 'text' column") from None
+        origin = f"{hub_path}/{hub_name or ''} (hub, streamed)"
+    train, val = [], []
+    for i, text in enumerate(texts):
+        (val if in_val(f"{hub_path}:{i}", val_fraction) else train).append(text)
+    if not train or not val:
+        raise DataError(f"{origin}: {len(texts)} documents with val_fraction={val_fraction} leave an empty split")
+    return TextSplits(train, val, f"{origin}, first {len(texts):,} documents: {len(train):,}/{len(val):,} "
+                                  f"train/val (split by sha256 of row number, val_fraction={val_fraction})")

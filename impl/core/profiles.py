@@ -128,16 +128,18 @@ def load_profile(name_or_path: str | Path) -> Profile:
 def override(spec: BaseModel, **sections: dict) -> BaseModel:
     """A validated copy of a milestone spec with some fields replaced; nested mappings merge:
     override(spec, train={"lr": 0.0}), override(spec, clm={"train": {"lr": 0.0}, "block_size": 32})."""
-    def merge(into: dict, fields: dict) -> None:
-        for key, value in fields.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                merge(into[key], value)
-            else:
-                into[key] = value
-
     d = spec.model_dump()
-    merge(d, sections)
+    deep_merge(d, sections)
     return type(spec).model_validate(d)
+
+
+def deep_merge(into: dict, fields: dict) -> None:
+    """Write `fields` into `into`; where both hold a mapping at the same key, merge it key by key."""
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            deep_merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def builtin_profiles() -> list[str]:

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from impl.core.artifacts import config_hash
-from impl.core.corpora import hub_splits, offline_splits
 from impl.core.fixtures import cache_dir, fixture_path
 from impl.w01_gpt.spec import DataSpec, TokenizerSpec
 
@@ -69,13 +68,11 @@ def _encode(tok, texts: list[str]) -> np.ndarray:
 
 
 def prepare(data: DataSpec, tokenizer: TokenizerSpec) -> TokenData:
-    key = config_hash({"data": data.model_dump(), "tokenizer": tokenizer.model_dump(), "v": 1})
+    """`data`: w01's DataSpec or a subclass (w05 reads a document subset of a hub dataset)."""
+    key = config_hash({"data": data.model_dump(exclude_none=True), "tokenizer": tokenizer.model_dump(), "v": 1})
     out = cache_dir() / "tokenized" / f"w01-{key}"
     if not (out / "meta.json").exists():
-        if data.source == "offline":
-            splits = offline_splits(data.corpus, data.val_fraction)
-        else:
-            splits = hub_splits(data.hub_path, data.hub_name, data.local_dir)
+        splits = data.text_splits()
         # a private temporary directory: two processes (pytest-xdist workers) may build the same cache at once
         tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
         if tmp.exists():

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from impl.core.corpora import DataSource
+from impl.core.corpora import DataSource, TextSplits, hub_splits, offline_splits
 from impl.core.targets import Target
 
 
@@ -16,6 +16,11 @@ class Strict(BaseModel):
 class DataSpec(DataSource):
     corpus: list[Literal["austen", "brown"]] = []  # offline: fixture corpora, split by document
     val_fraction: float = 0.1
+
+    def text_splits(self) -> TextSplits:
+        if self.source == "offline":
+            return offline_splits(self.corpus, self.val_fraction)
+        return hub_splits(self.hub_path, self.hub_name, self.local_dir)  # the dataset's train/validation
 
 
 class TokenizerSpec(Strict):

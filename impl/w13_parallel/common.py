@@ -8,7 +8,6 @@ one all-reduce (MAX) of the differences gives the largest one over all ranks.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from impl.core.artifacts import write_json
-from impl.core.distributed import init_from_env, shutdown
+from impl.core.distributed import init_from_env, peak_memory_mb, per_rank, reset_peak_memory, shutdown
 from impl.w01_gpt.model import GPT, GPTConfig
 from impl.w13_parallel.spec import W13Spec
 
@@ -70,30 +69,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def reset_peak_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:  # Linux: writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # then the peak covers the whole process lifetime
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """GPU: peak bytes allocated by torch. CPU: peak RSS of the process (torch's libraries included, ~hundreds
-    of MB, so at toy scale the analytic `state_mb` shows the sharding better)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def time_steps(step_fn: Callable[[torch.Tensor, torch.Tensor], object], spec: W13Spec,
                device: torch.device) -> dict:
     """One warm-up step (optimizer state, kernel choice), then `timed_steps` timed ones on fresh batches."""
@@ -116,14 +91,6 @@ def time_steps(step_fn: Callable[[torch.Tensor, torch.Tensor], object], spec: W1
 def max_over_ranks(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)  # gloo and NCCL both have MAX (gloo has no AVG)
-    return t.tolist()
-
-
-def per_rank(value: float, device: torch.device) -> list[float]:
-    """[value of rank 0, value of rank 1, ...] on every rank."""
-    t = torch.zeros(dist.get_world_size(), dtype=torch.float64, device=device)
-    t[dist.get_rank()] = value
-    dist.all_reduce(t)
     return t.tolist()
 
 
