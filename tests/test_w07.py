@@ -79,7 +79,7 @@ def test_gpu1_qlora_path_runs_here_shrunk(alpaca_like_dir, base_model_without_ch
     gpu1 = load_profile("gpu1").milestone("w07")
     assert gpu1.train.precision == "bf16" and gpu1.gradient_checkpointing and gpu1.data.source == "hub"
     spec = override(gpu1, model=str(base_model_without_chat_template),
-                    data={"local_dir": str(alpaca_like_dir), "eval_examples": 4, "max_train_examples": 16},
+                    data={"local_dir": str(alpaca_like_dir), "eval_examples": 4, "max_train_examples": 16, "val_fraction": 0.3},
                     train={"steps": 2, "batch_size": 4, "grad_accum": 2, "warmup_steps": 0},
                     generate={"max_new_tokens": 6, "batch_size": 4}, max_length=256)
     r = adapters.w07_tune(spec, runs, "qlora")
