@@ -5,6 +5,7 @@
     python -m impl train w01 --profile cpu    # train a milestone outside pytest, with a progress bar
     python -m impl train w03 --profile cpu    # w03's three runs: classifier, causal-LM fine-tune, MLM
     python -m impl train w05 --profile cpu    # the DeepSpeed ZeRO-2 run on 2 processes (torchrun)
+    python -m impl train w07 --profile cpu    # LoRA and QLoRA instruction tuning, ROUGE-L before/after
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
 """
 from __future__ import annotations
@@ -75,7 +76,17 @@ def _train_w05(spec, runs):
     return adapters.w05_train(spec, runs)
 
 
-TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05}
+def _train_w07(spec, runs):
+    from impl import adapters
+    from impl.core.artifacts import RunResult
+
+    results = {v: adapters.w07_tune(spec, runs, v, progress=True) for v in ("lora", "qlora")
+               if f"{v}_rougeL" in spec.targets}
+    metrics = {f"{v} {k}": val for v, r in results.items() for k, val in r.metrics.items()}
+    return RunResult(next(iter(results.values())).run_dir.parent, metrics)
+
+
+TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05, "w07": _train_w07}
 
 
 def cmd_report(args) -> int:

@@ -79,6 +79,18 @@ def w05_stage_table(comparison: dict, gpu_hour_usd: float | None = None) -> str:
     return stage_table_markdown(comparison, gpu_hour_usd)
 
 
+# --- w07: LoRA / QLoRA instruction tuning --------------------------------------------------------------
+def w07_tune(spec, runs: Runs, variant: str, progress: bool = False) -> RunResult:
+    """Instruction-tune the profile's model with `variant` "lora" or "qlora" (4-bit NF4 base); metrics:
+    rougeL_before, rougeL_after (held-out examples, same greedy decoding), examples, adapter and merged model dirs."""
+    from impl.w07_lora import tune
+
+    if variant not in ("lora", "qlora"):
+        raise ValueError(f"variant must be 'lora' or 'qlora'; got {variant!r}")
+    return tune.run(spec, variant, runs.dir_for({**spec.model_dump(exclude={"targets"}), "variant": variant},
+                                                 name=variant), progress)
+
+
 # --- w13: tensor and pipeline parallelism -----------------------------------------------------------------
 def w13_parallel(spec, runs: Runs, kind: str, sabotage: bool = False, timeout_s: float = 1800,
                  inject_fault: str | None = None) -> dict:

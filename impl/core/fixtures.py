@@ -106,9 +106,10 @@ def _extract(src: dict, archive: Path, into: Path) -> None:
     elif archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as whl:
             whl.extractall(into)
-    else:
+    else:  # only the manifest's members: an sdist can hold far more than the fixture needs (bigbench: 358 MB)
         with tarfile.open(archive) as tar:
-            tar.extractall(into, filter="data")
+            wanted = [m for m in tar if any(m.name.startswith(prefix) for prefix in src["members"])]
+            tar.extractall(into, members=wanted, filter="data")
 
 
 def _austen(raw: Path, out: Path) -> None:
@@ -214,8 +215,27 @@ def _smollm2(raw: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _natural_instructions(raw: Path, out: Path) -> None:
+    """One `<subtask>.jsonl` per subtask (id, instruction, input, references) and `subtasks.json` (the index,
+    with each subtask's full definition). The instruction is the subtask's one-line "Prompt:"."""
+    index = {}
+    for task in sorted(raw.glob("*/bigbench/benchmark_tasks/natural_instructions/subtask*/task.json")):
+        d = json.loads(task.read_text())
+        prefix = d["task_prefix"]
+        instruction = prefix.split("Prompt:", 1)[1].strip() if "Prompt:" in prefix else d["description"].strip()
+        name = task.parent.name
+        _write_jsonl(out / f"{name}.jsonl", [
+            {"id": f"{name}/{i}", "instruction": instruction, "input": e["input"].strip(),
+             "references": [t.strip() for t in e["target"]]} for i, e in enumerate(d["examples"])])
+        index[name] = {"instruction": instruction, "definition": d["description"].strip(),
+                       "examples": len(d["examples"]), "keywords": d.get("keywords", [])}
+    if len(index) != 61:
+        raise FixtureError(f"natural_instructions: expected 61 subtasks, found {len(index)}")
+    (out / "subtasks.json").write_text(json.dumps(index, indent=1, ensure_ascii=False))
+
+
 CONVERTERS = {"austen": _austen, "brown": _brown, "gpt2-tokenizer": _gpt2_tokenizer, "pang-lee": _pang_lee,
-              "minilm": _minilm, "smollm2": _smollm2}
+              "minilm": _minilm, "smollm2": _smollm2, "natural-instructions": _natural_instructions}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

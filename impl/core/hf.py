@@ -84,7 +84,9 @@ def load_model(cls, ref: str, **kwargs):
         raise ModelLoadError(f"cannot load {cls.__name__} from {ref!r}: {str(e).strip().splitlines()[0][:300]}") from None
 
 
-def training_arguments(train: HFTrainSpec, out_dir: Path, progress: bool = True, **overrides):
+def training_arguments(train: HFTrainSpec, out_dir: Path, progress: bool = True, cls=None, **overrides):
+    """TrainingArguments (or `cls`, a subclass such as TRL's SFTConfig) from a profile's train section;
+    `overrides` are further keyword arguments of `cls`."""
     import torch
     from transformers import TrainingArguments
 
@@ -100,7 +102,7 @@ def training_arguments(train: HFTrainSpec, out_dir: Path, progress: bool = True,
         save_strategy="no", eval_strategy="no", disable_tqdm=not progress, dataloader_num_workers=0,
     )
     args.update(overrides)
-    return TrainingArguments(**args)
+    return (cls or TrainingArguments)(**args)
 
 
 class JsonlLog(TrainerCallback):

@@ -26,7 +26,7 @@ MILESTONES: dict[str, Milestone] = {m.id: m for m in [
     Milestone("w03", "Fine-tuning with Hugging Face", "IMDb acc > 0.90; WritingPrompts ppl < 30; MLM acc > 0.60",
               "impl.w03_finetune.spec:W03Spec"),
     Milestone("w05", "DeepSpeed ZeRO-2", "GPT-2 124M on OpenWebText, val ppl < 30", "impl.w05_deepspeed.spec:W05Spec"),
-    Milestone("w07", "LoRA / QLoRA instruction tuning", "held-out Alpaca ROUGE-L > 0.25"),
+    Milestone("w07", "LoRA / QLoRA instruction tuning", "held-out Alpaca ROUGE-L > 0.25", "impl.w07_lora.spec:W07Spec"),
     Milestone("w09", "Quantised serving under load", "mean latency < 200 ms at > 20 req/s"),
     Milestone("w11", "RAG with LangChain", "SQuAD dev F1 > 0.6, response time recorded"),
     Milestone("w13", "Tensor and pipeline parallelism", "2-way TP or 2-stage PP of a 125M GPT, efficiency analysed",
