@@ -26,8 +26,9 @@ def free_port() -> int:
 
 
 def torchrun(module: str, args: list[str], nproc: int, timeout_s: float, log_path: Path,
-             env: dict[str, str] | None = None) -> None:
-    """Run `torchrun --nproc_per_node=N -m module args`; raise with the ranks' output on failure or time-out.
+             env: dict[str, str] | None = None, expect: Path | None = None) -> None:
+    """Run `torchrun --nproc_per_node=N -m module args`; raise with the ranks' output on failure, on time-out,
+    or when the run exits cleanly without writing `expect`.
 
     The whole process group is killed on time-out, so a hung rank never hangs the caller.
     """
@@ -55,6 +56,8 @@ def torchrun(module: str, args: list[str], nproc: int, timeout_s: float, log_pat
             raise
     if rc != 0:
         raise DistributedError(f"{' '.join(cmd)} exited with {rc}; output:\n{_tail(log_path)}")
+    if expect is not None and not expect.exists():
+        raise DistributedError(f"{' '.join(cmd)} exited cleanly but wrote no {expect}; output:\n{_tail(log_path)}")
 
 
 def _tail(path: Path, chars: int = 4000) -> str:

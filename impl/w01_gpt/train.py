@@ -246,7 +246,8 @@ def run(spec: W01Spec, run_dir: Path, progress: bool = False, do_eval: bool = Tr
     if spec.train.nproc > 1:
         args = ["--run-dir", str(run_dir)] + ([] if do_eval else ["--no-eval"]) + \
                (["--skip-allreduce"] if skip_allreduce else [])
-        torchrun("impl.w01_gpt.train", args, spec.train.nproc, timeout_s, run_dir / "torchrun.log")
+        torchrun("impl.w01_gpt.train", args, spec.train.nproc, timeout_s, run_dir / "torchrun.log",
+                 expect=run_dir / "metrics.json")
     else:
         train_process(spec, run_dir, progress, do_eval, skip_allreduce)
     return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))

@@ -152,7 +152,11 @@ def train_process(spec: W05Spec, run_dir: Path, engine_kind: str, do_eval: bool,
         **{f"{k}_per_rank": v for k, v in held.items()}, "data": data.description,
     }
     # ZeRO-3: every rank joins the gather of the full weights; rank 0 saves and evaluates them
-    gathered = __import__("deepspeed").zero.GatheredParameters(list(model.parameters())) if stage3 else nullcontext()
+    gathered = nullcontext()
+    if stage3:
+        from deepspeed.zero import GatheredParameters
+
+        gathered = GatheredParameters(list(model.parameters()))
     with gathered:
         if rank == 0:
             _finish(spec, run_dir, model, data, device, do_eval, metrics)

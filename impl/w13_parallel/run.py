@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from impl.core.artifacts import Runs, write_json
-from impl.core.distributed import DistributedError, torchrun
+from impl.core.distributed import torchrun
 from impl.w13_parallel.spec import W13Spec
 
 MODULES = {"tp": "impl.w13_parallel.tp", "pp": "impl.w13_parallel.pp"}
@@ -35,10 +35,7 @@ def _launch(module: str, spec: W13Spec, run_dir: Path, nproc: int, timeout_s: fl
     args += ["--sabotage"] if sabotage else []
     args += ["--inject-fault", inject_fault] if inject_fault else []
     log = run_dir / "torchrun.log"
-    torchrun(module, args, nproc, timeout_s, log)  # raises with the ranks' output on failure or time-out
-    if not out.exists():
-        raise DistributedError(f"{module} exited cleanly but wrote no {out}; output:\n"
-                               f"{log.read_text(errors='replace')[-4000:]}")
+    torchrun(module, args, nproc, timeout_s, log, expect=out)  # raises with the ranks' output on failure
     return json.loads(out.read_text())
 
 
