@@ -154,9 +154,9 @@ def train_process(spec: W05Spec, run_dir: Path, engine_kind: str, do_eval: bool,
     # ZeRO-3: every rank joins the gather of the full weights; rank 0 saves and evaluates them
     gathered = nullcontext()
     if stage3:
-        from deepspeed.zero import GatheredParameters
+        import deepspeed  # deepspeed.zero is an attribute of the package, not an importable module
 
-        gathered = GatheredParameters(list(model.parameters()))
+        gathered = deepspeed.zero.GatheredParameters(list(model.parameters()))
     with gathered:
         if rank == 0:
             _finish(spec, run_dir, model, data, device, do_eval, metrics)
