@@ -6,6 +6,8 @@
     python -m impl train w03 --profile cpu    # w03's three runs: classifier, causal-LM fine-tune, MLM
     python -m impl train w05 --profile cpu    # the DeepSpeed ZeRO-2 run on 2 processes (torchrun)
     python -m impl train w07 --profile cpu    # LoRA and QLoRA instruction tuning, ROUGE-L before/after
+    python -m impl train w09 --profile cpu    # quantise w07's model (int8, nf4) and measure it; one load test
+    python -m impl serve --model DIR          # an OpenAI-compatible server on 127.0.0.1:8000 (see --help)
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
 """
 from __future__ import annotations
@@ -46,7 +48,7 @@ def cmd_train(args) -> int:
     train = TRAINERS.get(args.milestone)
     if train is None:
         raise MilestonesError(f"milestone {args.milestone} ({ms.title}) is not implemented yet")
-    result = train(spec, Runs(ms.id, profile.name, reuse=args.reuse_artifacts))
+    result = train(spec, Runs(ms.id, profile.name, reuse=args.reuse_artifacts), profile)
     for k, v in result.metrics.items():
         if not isinstance(v, (dict, list)):
             print(f"{k}: {v}")
@@ -54,13 +56,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _train_w01(spec, runs):
+def _train_w01(spec, runs, profile):
     from impl import adapters
 
     return adapters.w01_train(spec, runs, progress=True)
 
 
-def _train_w03(spec, runs):
+def _train_w03(spec, runs, profile):
     from impl import adapters
     from impl.core.artifacts import RunResult
 
@@ -70,13 +72,13 @@ def _train_w03(spec, runs):
     return RunResult(results["mlm"].run_dir.parents[2], metrics)
 
 
-def _train_w05(spec, runs):
+def _train_w05(spec, runs, profile):
     from impl import adapters
 
     return adapters.w05_train(spec, runs)
 
 
-def _train_w07(spec, runs):
+def _train_w07(spec, runs, profile):
     from impl import adapters
     from impl.core.artifacts import RunResult
 
@@ -86,7 +88,30 @@ def _train_w07(spec, runs):
     return RunResult(next(iter(results.values())).run_dir.parent, metrics)
 
 
-TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05, "w07": _train_w07}
+def _train_w09(spec, runs, profile):
+    from impl import adapters
+    from impl.core.artifacts import RunResult
+    from impl.w09_serve.quantize import table_markdown
+
+    model = adapters.w09_model(spec, profile, runs)
+    q = adapters.w09_quantize(spec, model, runs)
+    print(table_markdown(q.metrics))
+    load = adapters.w09_serve_under_load(spec, model, q.run_dir / "load")
+    return RunResult(q.run_dir, {f"load {k}": v for k, v in load.items()})
+
+
+TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05, "w07": _train_w07, "w09": _train_w09}
+
+
+def cmd_serve(args) -> int:
+    import os
+
+    from impl.w09_serve.server import serve
+
+    serve(args.model, args.host, args.port, args.backend, args.quantization, args.dtype,
+          args.api_key or os.environ.get("LLM_MILESTONES_API_KEY") or None, args.max_batch_size, args.batch_wait_ms,
+          args.max_prompt_tokens, args.max_tokens_limit, args.name)
+    return 0
 
 
 def cmd_report(args) -> int:
@@ -99,6 +124,8 @@ def cmd_report(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from impl.w09_serve.server import __doc__ as serve_doc
+
     parser = argparse.ArgumentParser(prog="python -m impl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +138,22 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--profile", required=True, help="profile name or YAML path")
     t.add_argument("--reuse-artifacts", action="store_true")
     t.set_defaults(func=cmd_train)
+    v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
+                       description=serve_doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("--model", required=True, help="model directory, hub id or fixture:NAME")
+    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--backend", choices=["transformers", "vllm"], default="transformers")
+    v.add_argument("--quantization", default="none", help="transformers: none | int8 | nf4; vllm: its --quantization")
+    v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    v.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or LLM_MILESTONES_API_KEY)")
+    v.add_argument("--max-batch-size", type=int, default=8)
+    v.add_argument("--batch-wait-ms", type=float, default=10.0)
+    v.add_argument("--max-prompt-tokens", type=int, default=512)
+    v.add_argument("--max-tokens-limit", type=int, default=256)
+    v.add_argument("--name", default=None, help="the model name clients send (default: --model)")
+    v.set_defaults(func=cmd_serve)
     sub.add_parser("report", help="rebuild the scorecard from its JSON").set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     try:

@@ -91,6 +91,32 @@ def w07_tune(spec, runs: Runs, variant: str, progress: bool = False) -> RunResul
                                                  name=variant), progress)
 
 
+# --- w09: quantisation and serving ----------------------------------------------------------------------
+def w09_model(spec, profile, runs: Runs) -> str:
+    """The model w09 quantises and serves: `w07:lora` is the merged output of the profile's w07 LoRA run (reused
+    when complete, trained otherwise); any other value is a model reference."""
+    from impl.w09_serve import run
+
+    return run.model_dir(spec, profile, runs.root)
+
+
+def w09_quantize(spec, model: str, runs: Runs, sabotage_bits: int | None = None) -> RunResult:
+    """The model unquantised and as each of `quantize.variants` (bitsandbytes int8 / nf4); per variant:
+    memory_footprint_mb, ppl (held-out text), rougeL (held-out instructions) and their ratios / changes against
+    the unquantised model. `sabotage_bits` (the twin): round-to-nearest at that many bits instead."""
+    from impl.w09_serve import run
+
+    return run.quantization(spec, model, runs, sabotage_bits)
+
+
+def w09_serve_under_load(spec, model: str, out_dir, max_batch_size: int | None = None) -> dict:
+    """`python -m impl serve` on loopback with the profile's settings (or another batch limit) under locust's
+    headless load; mean/p50/p95 latency, requests_per_s, failed_requests, the server's mean batch size."""
+    from impl.w09_serve import run
+
+    return run.serve_under_load(spec, model, out_dir, max_batch_size)
+
+
 # --- w13: tensor and pipeline parallelism -----------------------------------------------------------------
 def w13_parallel(spec, runs: Runs, kind: str, sabotage: bool = False, timeout_s: float = 1800,
                  inject_fault: str | None = None) -> dict:

@@ -1,0 +1,174 @@
+"""Start `python -m impl serve` as a real process on loopback, put locust's headless load on it, read the CSV.
+
+`running_server` always stops the server it started (its whole process group), also when the code inside the
+`with` fails, and reports the server's own log when it dies or never becomes healthy.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from impl.core.errors import MilestonesError
+from impl.w09_serve.spec import LoadSpec, ServeSpec
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+class LoadTestError(MilestonesError):
+    pass
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    api_key: str | None
+    log: Path
+
+    def get(self, path: str) -> tuple[int, str]:
+        return http(self.url + path, api_key=self.api_key)
+
+
+def http(url: str, body: bytes | None = None, api_key: str | None = None, timeout: float = 60,
+         headers: dict | None = None) -> tuple[int, str]:
+    """(status, text) of a GET, or a POST of `body` as JSON; HTTP errors are answers, not exceptions."""
+    h = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+         **(headers or {})}
+    req = urllib.request.Request(url, data=body, headers=h, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def serve_command(model: str, port: int, serve: ServeSpec, host: str = "127.0.0.1", name: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "impl", "serve", "--model", model, "--host", host, "--port", str(port),
+           "--backend", serve.backend, "--quantization", serve.quantization, "--dtype", serve.dtype,
+           "--max-batch-size", str(serve.max_batch_size), "--batch-wait-ms", str(serve.batch_wait_ms),
+           "--max-prompt-tokens", str(serve.max_prompt_tokens), "--max-tokens-limit", str(serve.max_tokens_limit)]
+    return cmd + (["--name", name] if name else [])
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else "(no log)"
+
+
+def stop(process: subprocess.Popen, grace_s: float = 15) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def running_server(model: str, serve: ServeSpec, log: Path, api_key: str | None = None, port: int | None = None,
+                   name: str | None = None):
+    """The server as a child process on 127.0.0.1, healthy, for the body of the `with`; stopped afterwards."""
+    port = port or free_port()
+    env = {**os.environ, "LLM_MILESTONES_API_KEY": api_key or ""}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        process = subprocess.Popen(serve_command(model, port, serve, name=name), stdout=out, stderr=subprocess.STDOUT,
+                                   env=env, start_new_session=True)  # its own group: stop() reaches its children
+    server = Server(f"http://127.0.0.1:{port}", process, api_key, log)
+    try:
+        deadline = time.monotonic() + serve.startup_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise LoadTestError(f"the server exited with code {process.returncode} before it was healthy:\n"
+                                    f"{_tail(log)}")
+            try:
+                if server.get("/health")[0] == 200:
+                    break
+            except OSError:
+                pass  # not listening yet
+            if time.monotonic() > deadline:
+                raise LoadTestError(f"the server was not healthy within {serve.startup_timeout_s:g} s:\n{_tail(log)}")
+            time.sleep(0.5)
+        yield server
+    finally:
+        stop(process)
+
+
+def _number(row: dict, key: str) -> float:
+    try:
+        return float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return math.nan  # locust writes N/A when nothing completed
+
+
+def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_key: str | None = None) -> dict:
+    """locust headless with the protocol of `load`; the aggregated numbers of its CSV."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "prompts.json").write_text(json.dumps(prompts[:load.prompts]))
+    prefix = out_dir / "locust"
+    env = {**os.environ, "W09_PROMPTS": str(out_dir / "prompts.json"), "W09_MAX_TOKENS": str(load.max_tokens),
+           "W09_ENDPOINT": load.endpoint, "W09_API_KEY": api_key or ""}
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(load.users),
+           "-r", str(load.spawn_rate), "-t", f"{load.duration_s}s", "--host", url, "--csv", str(prefix),
+           "--only-summary", "--loglevel", "WARNING"]
+    try:  # locust exits 1 when a request failed: that is a result, read from the CSV
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=load.duration_s + 120)
+    except subprocess.TimeoutExpired:
+        raise LoadTestError(f"locust did not finish within {load.duration_s + 120} s") from None
+    (out_dir / "locust.log").write_text(p.stdout + p.stderr)
+    stats = prefix.with_name("locust_stats.csv")
+    if not stats.exists():
+        raise LoadTestError(f"locust wrote no {stats.name} (exit code {p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
+    rows = {r["Name"]: r for r in csv.DictReader(open(stats))}
+    total = rows.get("Aggregated")
+    if total is None:
+        raise LoadTestError(f"{stats}: no Aggregated row (rows: {list(rows)})")
+    failures = []
+    failures_csv = prefix.with_name("locust_failures.csv")
+    if failures_csv.exists():
+        failures = [f"{r['Occurrences']}x {r['Error']}" for r in csv.DictReader(open(failures_csv))]
+    return {
+        "requests": int(_number(total, "Request Count")), "failed_requests": int(_number(total, "Failure Count")),
+        "mean_latency_ms": _number(total, "Average Response Time"), "p50_latency_ms": _number(total, "50%"),
+        "p95_latency_ms": _number(total, "95%"), "p99_latency_ms": _number(total, "99%"),
+        "max_latency_ms": _number(total, "Max Response Time"), "requests_per_s": _number(total, "Requests/s"),
+        "failures": failures, "csv": str(stats),
+        "protocol": f"locust headless, {load.users} users spawned at {load.spawn_rate:g}/s, {load.duration_s} s, no "
+                    f"think time; {load.endpoint}, {min(load.prompts, len(prompts))} prompts in turn, max_tokens "
+                    f"{load.max_tokens}, temperature 0, not streamed",
+    }
+
+
+def server_batches(server: Server) -> dict:
+    """The batching server's own account, from /metrics: how many batches and their mean size."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = server.get("/metrics")
+    if status != 200:
+        return {}
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels
+               or "le" not in s.labels}
+    count, total = samples.get("llm_batch_size_count", 0), samples.get("llm_batch_size_sum", 0)
+    return {"batches": int(count), "mean_batch_size": total / count if count else math.nan,
+            "generated_tokens": samples.get("llm_generated_tokens_total", math.nan)}

@@ -1,0 +1,46 @@
+"""The load test's user: OpenAI-style requests back to back, prompts in turn from a JSON file.
+
+    W09_PROMPTS=prompts.json W09_MAX_TOKENS=16 W09_ENDPOINT=/v1/chat/completions W09_API_KEY=... \
+        locust -f impl/w09_serve/locustfile.py --headless -u 8 -r 8 -t 10s --host http://127.0.0.1:8000 --csv out
+
+A request counts as failed unless it answers 200 with a JSON body holding one choice with text.
+"""
+import itertools
+import json
+import os
+
+from locust import HttpUser, constant, task
+
+PROMPTS = json.loads(open(os.environ["W09_PROMPTS"]).read())
+MAX_TOKENS = int(os.environ.get("W09_MAX_TOKENS", "16"))
+ENDPOINT = os.environ.get("W09_ENDPOINT", "/v1/chat/completions")
+KEY = os.environ.get("W09_API_KEY")
+_next = itertools.cycle(range(len(PROMPTS)))  # shared by the users of this process: every prompt in turn
+
+
+class Client(HttpUser):
+    wait_time = constant(0)  # closed loop: each user sends its next request when the last one returns
+
+    @task
+    def complete(self):
+        prompt = PROMPTS[next(_next)]
+        body = {"max_tokens": MAX_TOKENS, "temperature": 0}
+        if ENDPOINT.endswith("/chat/completions"):
+            body["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            body["prompt"] = prompt
+        headers = {"Authorization": f"Bearer {KEY}"} if KEY else {}
+        with self.client.post(ENDPOINT, json=body, headers=headers, name=ENDPOINT, catch_response=True) as r:
+            if r.status_code != 200:
+                r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
+                return
+            try:
+                choice = r.json()["choices"][0]
+                text = choice["message"]["content"] if "message" in choice else choice["text"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                r.failure(f"not an OpenAI completion: {r.text[:200]}")
+                return
+            if not isinstance(text, str):
+                r.failure("choice without text")
+            else:
+                r.success()

@@ -1,0 +1,158 @@
+"""Quantise a causal LM with bitsandbytes and measure what it costs: memory footprint, perplexity on held-out
+text and ROUGE-L on held-out instructions, each against the unquantised model with the same protocol.
+
+    python -m impl train w09 --profile cpu    # the w07 LoRA model: fp32, int8 and nf4, then the table
+
+int8 is LLM.int8() (8-bit weights, fp16 outlier columns); nf4 is 4-bit NormalFloat with double quantisation (the
+QLoRA format). Only the linear layers are quantised; the embeddings stay in the load precision, which is why a
+small model with a large vocabulary shrinks less than 4x or 8x.
+
+`round_to_nearest` is a plain per-row round-to-nearest quantiser at any bit width: at 2 bits it is the sabotage
+twin of the quality targets (a quantiser too coarse for the model).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from impl.core.artifacts import RunResult, environment, write_json
+from impl.core.corpora import DataError, hub_dataset, offline_splits
+from impl.core.hf import load_model, load_tokenizer
+from impl.w07_lora.data import Example
+from impl.w09_serve.spec import QuantizeSpec
+
+
+def device() -> torch.device:
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def bnb_config(quantization: str, compute_dtype: torch.dtype):
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization == "nf4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    raise ValueError(f"quantization must be 'none', 'int8' or 'nf4'; got {quantization!r}")
+
+
+def load_quantized(model_dir: str, quantization: str, dtype: torch.dtype = torch.float32):
+    """The model unquantised ("none") in `dtype`, or its linear layers quantised by bitsandbytes at load time."""
+    from transformers import AutoModelForCausalLM
+
+    dev = device()
+    if quantization == "none":
+        return load_model(AutoModelForCausalLM, model_dir, dtype=dtype).to(dev).eval()
+    return load_model(AutoModelForCausalLM, model_dir, dtype=dtype, quantization_config=bnb_config(quantization, dtype),
+                      device_map={"": dev.index or 0} if dev.type == "cuda" else "cpu").eval()
+
+
+@torch.no_grad()
+def round_to_nearest(model, bits: int):
+    """Quantise-dequantise every linear weight in place, symmetric per output row, to `bits` bits."""
+    levels = 2 ** (bits - 1) - 1 if bits > 1 else 1
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            w = module.weight
+            scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / levels
+            w.copy_((w / scale).round().clamp(-levels, levels) * scale)
+    return model
+
+
+def held_out_text(data) -> tuple[list[str], str]:
+    if data.source == "offline":
+        s = offline_splits(data.corpus, data.val_fraction)
+        return s.val, f"{'+'.join(data.corpus)} held-out documents ({s.description.split(', ', 1)[1]})"
+    dsd, where = hub_dataset(data.hub_path, data.hub_name, data.local_dir, (data.split,))
+    ds = dsd[data.split]
+    if data.text_column not in ds.column_names:
+        raise DataError(f"{where}: no column {data.text_column!r} (has {ds.column_names})")
+    # WikiText's convention: the raw lines joined back into one text (as the GPTQ and AWQ evaluations do)
+    return ["".join(ds[data.text_column])], f"{where}, {data.hub_name or ''} {data.split} split"
+
+
+def ppl_windows(tok, texts: list[str], spec: QuantizeSpec) -> list[list[int]]:
+    from impl.w03_finetune.clm import blocks, token_stream
+
+    windows = blocks(token_stream(tok, texts, spec.ppl_tokens), spec.ppl_window)
+    if not windows:
+        raise DataError(f"fewer than {spec.ppl_window} held-out tokens for perplexity")
+    return windows
+
+
+def score(model, tok, windows: list[list[int]], examples: list[Example], spec: QuantizeSpec) -> dict:
+    """Perplexity over the windows and greedy ROUGE-L on the examples: the same protocol for every variant."""
+    from impl.w03_finetune.clm import perplexity
+    from impl.w07_lora.tune import rouge_l
+
+    t0 = time.perf_counter()
+    ppl = perplexity(model, windows)
+    ppl_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    answers = generate(model, tok, examples, spec.max_new_tokens, spec.batch_size)
+    rouge, _ = rouge_l(answers, examples)
+    return {"ppl": ppl, "rougeL": rouge, "memory_footprint_mb": model.get_memory_footprint() / 2**20,
+            "ppl_seconds": ppl_s, "generate_seconds": time.perf_counter() - t0, "answers": answers}
+
+
+@torch.no_grad()
+def generate(model, tok, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[str]:
+    from impl.w07_lora.tune import generate as w07_generate
+    from types import SimpleNamespace
+
+    return w07_generate(model, tok, examples,
+                        SimpleNamespace(generate=SimpleNamespace(max_new_tokens=max_new_tokens, batch_size=batch_size)))
+
+
+def run(model_dir: str, spec: QuantizeSpec, examples: list[Example], run_dir: Path, examples_data: str,
+        sabotage_bits: int | None = None) -> RunResult:
+    """Unquantised, then each variant; `sabotage_bits` replaces every variant with a round-to-nearest model of
+    that many bits (the twin)."""
+    if (run_dir / "metrics.json").exists():
+        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
+    tok = load_tokenizer(model_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    texts, text_description = held_out_text(spec.ppl_data)
+    windows = ppl_windows(tok, texts, spec)
+    examples = examples[:spec.rouge_examples]
+    dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
+    results = {}
+    for variant in ["none", *spec.variants]:
+        if sabotage_bits and variant != "none":
+            model = round_to_nearest(load_quantized(model_dir, "none", dtype), sabotage_bits)
+        else:
+            model = load_quantized(model_dir, variant, dtype)
+        results[variant] = score(model, tok, windows, examples, spec)
+        del model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    base = results["none"]
+    for r in results.values():
+        r["ppl_ratio"] = r["ppl"] / base["ppl"]
+        r["memory_ratio"] = r["memory_footprint_mb"] / base["memory_footprint_mb"]
+        r["rougeL_change"] = r["rougeL"] - base["rougeL"]
+    metrics = {
+        "model": model_dir, "dtype": str(dtype).removeprefix("torch."), "variants": results,
+        "ppl_data": f"{text_description}, first {len(windows) * spec.ppl_window} tokens in non-overlapping "
+                    f"{spec.ppl_window}-token windows", "ppl_tokens": len(windows) * spec.ppl_window,
+        "rouge_data": f"{examples_data}; first {len(examples)} held-out examples, greedy, max {spec.max_new_tokens} "
+                      f"new tokens, chat template", "rouge_examples": len(examples),
+        "sabotage_bits": sabotage_bits,
+    }
+    write_json(run_dir / "env.json", environment())
+    write_json(run_dir / "metrics.json", metrics)
+    return RunResult(run_dir, metrics)
+
+
+def table_markdown(metrics: dict) -> str:
+    rows = ["| weights | memory MiB | x unquantised | ppl | x unquantised | ROUGE-L | change |", "|---|---|---|---|---|---|---|"]
+    names = {"none": f"unquantised ({metrics['dtype']})", "int8": "int8 (LLM.int8)", "nf4": "4-bit NF4"}
+    for v, r in metrics["variants"].items():
+        rows.append(f"| {names.get(v, v)} | {r['memory_footprint_mb']:.1f} | {r['memory_ratio']:.3f} | {r['ppl']:.3f} "
+                    f"| {r['ppl_ratio']:.4f} | {r['rougeL']:.4f} | {r['rougeL_change']:+.4f} |")
+    return "\n".join(rows)

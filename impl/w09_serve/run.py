@@ -1,0 +1,53 @@
+"""w09 end to end: the model to serve (w07's merged output), its quantised variants measured, and the load test.
+
+    python -m impl train w09 --profile cpu    # the quantisation table and one load test, as the acceptance checks
+"""
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from impl.core.artifacts import RunResult, Runs, write_json
+from impl.w07_lora.data import load_splits
+from impl.w09_serve import load as load_test
+from impl.w09_serve import quantize
+from impl.w09_serve.spec import W09Spec
+
+
+def model_dir(spec: W09Spec, profile, root: Path | None = None) -> str:
+    """`w07:<variant>`: the merged model of this profile's w07 run (a complete one is reused, else w07 trains
+    first); anything else is a model reference as-is."""
+    if not spec.model.startswith("w07:"):
+        return spec.model
+    from impl import adapters
+
+    variant = spec.model.split(":", 1)[1]
+    run = adapters.w07_tune(profile.milestone("w07"), Runs("w07", profile.name, reuse=True, root=root), variant)
+    return str(run.run_dir / "merged")
+
+
+def held_out(spec: W09Spec):
+    return load_splits(spec.instructions)
+
+
+def quantization(spec: W09Spec, model: str, runs: Runs, sabotage_bits: int | None = None) -> RunResult:
+    splits = held_out(spec)
+    config = {"model": model, "quantize": spec.quantize.model_dump(), "instructions": spec.instructions.model_dump(),
+              "sabotage_bits": sabotage_bits}
+    return quantize.run(model, spec.quantize, splits.eval, runs.dir_for(config, name="quantize"), splits.description,
+                        sabotage_bits)
+
+
+def serve_under_load(spec: W09Spec, model: str, out_dir: Path, max_batch_size: int | None = None) -> dict:
+    """Start the server with the profile's settings (or another batch limit), put the load on it, stop it."""
+    serve = spec.serve.model_copy(update={"max_batch_size": max_batch_size}) if max_batch_size else spec.serve
+    prompts = [e.prompt()[0]["content"] for e in held_out(spec).eval]
+    key = secrets.token_hex(16)  # the load test authenticates like a client of a protected server
+    with load_test.running_server(model, serve, out_dir / "server.log", api_key=key, name="w09") as server:
+        result = load_test.run_locust(server.url, spec.load, prompts, out_dir, api_key=key)
+        result.update(load_test.server_batches(server))
+    result.update({"backend": serve.backend, "served_quantization": serve.quantization, "dtype": serve.dtype,
+                   "max_batch_size": serve.max_batch_size, "batch_wait_ms": serve.batch_wait_ms,
+                   "ttft": "n/a: requests are not streamed"})
+    write_json(out_dir / "load.json", result)
+    return result

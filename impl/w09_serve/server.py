@@ -1,0 +1,382 @@
+"""An OpenAI-compatible completion server for one model: `/v1/completions`, `/v1/chat/completions`, `/health`
+and Prometheus `/metrics`.
+
+    python -m impl serve --model artifacts/w07/lora/cpu/<run>/merged            # 127.0.0.1:8000, transformers
+    python -m impl serve --model DIR --quantization nf4 --api-key secret --port 8001
+    python -m impl serve --model mistralai/Mistral-7B-v0.1 --backend vllm --quantization fp8   # GPU, the gpu extra
+
+Backends. `transformers` (CPU or one GPU): a worker thread owns the model and batches requests dynamically:
+it takes the first waiting request, waits up to `--batch-wait-ms` for more (taking at once whatever already
+queued while the previous batch ran), up to `--max-batch-size`, and generates them together, left-padded.
+`vllm` hands the process over to vLLM's own OpenAI server (continuous batching, paged attention) with the same
+host, port, key and limits; it serves the same routes.
+
+Requests are validated before they reach the model: invalid JSON, missing or mistyped fields, a prompt longer
+than `--max-prompt-tokens`, `max_tokens` above `--max-tokens-limit` get 400 with an OpenAI-style JSON error;
+a missing or wrong key (when `--api-key` or LLM_MILESTONES_API_KEY is set) gets 401; an error inside the model
+gets 500. None of them stops the server. A port already in use is refused before the model loads.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
+
+from impl.core.errors import MilestonesError
+
+
+class ServeError(MilestonesError):
+    pass
+
+
+class RequestError(Exception):
+    """A request the server refuses: the status and the OpenAI-style error body."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+# --- requests --------------------------------------------------------------------------------------------
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs ...)
+    model: StrictStr | None = None
+    max_tokens: StrictInt = Field(16, ge=1)
+    temperature: StrictFloat | StrictInt = Field(0.0, ge=0.0, le=2.0)  # 0: greedy
+    top_p: StrictFloat | StrictInt = Field(1.0, gt=0.0, le=1.0)
+    n: StrictInt = 1
+    stream: StrictBool = False
+
+
+class CompletionRequest(_Request):
+    prompt: StrictStr | list[StrictStr] = Field(min_length=1)
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: StrictStr
+
+
+class ChatRequest(_Request):
+    messages: list[Message] = Field(min_length=1)
+
+
+# --- the batching backend --------------------------------------------------------------------------------
+@dataclass
+class Job:
+    ids: list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+
+@dataclass
+class Generated:
+    ids: list[int]
+    finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
+
+
+class TransformersBackend:
+    """One model, one worker thread, dynamic batches. `submit` is thread-safe and returns a Future."""
+
+    def __init__(self, model_dir: str, quantization: str = "none", dtype: str = "float32", max_batch_size: int = 8,
+                 batch_wait_ms: float = 10.0):
+        import torch
+
+        from impl.core.hf import load_tokenizer
+        from impl.w09_serve.quantize import load_quantized
+
+        self.tok = load_tokenizer(model_dir)
+        if self.tok.pad_token is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.tok.padding_side = "left"
+        torch_dtype = torch.float32 if dtype in ("float32", "auto") else getattr(torch, dtype)
+        self.model = load_quantized(model_dir, quantization, torch_dtype)
+        self.quantization, self.max_batch_size, self.batch_wait_s = quantization, max_batch_size, batch_wait_ms / 1000
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [self.tok.eos_token_id])
+        self.on_batch = lambda size, new_tokens: None  # the app counts batches for /metrics
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._loop, name="batcher", daemon=True)
+        self._worker.start()
+
+    def encode(self, prompt: str) -> list[int]:
+        return self.tok(prompt, add_special_tokens=False)["input_ids"]
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.encode(text)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True)
+
+    def submit(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
+        job = Job(ids, max_tokens, float(temperature), float(top_p))
+        self._queue.put(job)
+        return job.future
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, deadline = [first], time.monotonic() + self.batch_wait_s
+            while len(batch) < self.max_batch_size:
+                try:
+                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    self._queue.put(None)
+                    break
+                batch.append(job)
+            groups: dict[tuple, list[Job]] = {}  # one generate call per sampling setting
+            for job in batch:
+                groups.setdefault((job.temperature, job.top_p), []).append(job)
+            for jobs in groups.values():
+                self._generate(jobs)
+
+    def _generate(self, jobs: list[Job]) -> None:
+        import torch
+
+        try:
+            width = max(len(j.ids) for j in jobs)
+            pad = self.tok.pad_token_id
+            ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in jobs], device=self.model.device)
+            mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=self.model.device)
+            temperature, top_p = jobs[0].temperature, jobs[0].top_p
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+                {"do_sample": False}
+            with torch.no_grad():
+                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(j.max_tokens for j in jobs),
+                                          pad_token_id=pad, **sampling)
+            new_tokens = 0
+            for job, row in zip(jobs, out[:, width:].tolist()):
+                row = row[:job.max_tokens]
+                stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+                result = Generated(row[:stop], "stop") if stop is not None else Generated(row, "length")
+                new_tokens += len(result.ids)
+                job.future.set_result(result)
+            self.on_batch(len(jobs), new_tokens)
+        except Exception as e:  # the requests of this batch fail (500); the worker goes on with the next
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(e)
+
+
+# --- the HTTP app ------------------------------------------------------------------------------------------
+def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_tokens: int = 512,
+               max_tokens_limit: int = 256):
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.exceptions import HTTPException
+
+    registry = CollectorRegistry()
+    requests_total = Counter("llm_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
+    latency = Histogram("llm_request_seconds", "end-to-end request time", ["route"], registry=registry,
+                        buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60))
+    batch_sizes = Histogram("llm_batch_size", "requests generated together", registry=registry,
+                            buckets=tuple(range(1, 65)))
+    prompt_tokens = Counter("llm_prompt_tokens", "prompt tokens of served requests", registry=registry)
+    generated_tokens = Counter("llm_generated_tokens", "tokens generated", registry=registry)
+    Gauge("llm_queue_depth", "requests waiting for the model", registry=registry).set_function(backend.queue_depth)
+
+    def on_batch(size: int, new_tokens: int) -> None:
+        batch_sizes.observe(size)
+        generated_tokens.inc(new_tokens)
+
+    backend.on_batch = on_batch
+    app = FastAPI(title=f"llm-milestones server: {model_name}")
+
+    def error(status: int, message: str, kind: str = "invalid_request_error", **kw) -> JSONResponse:
+        return JSONResponse(RequestError(status, message, kind, **kw).body, status_code=status)
+
+    @app.middleware("http")
+    async def auth_and_count(request: Request, call_next):
+        t0 = time.perf_counter()
+        route = request.url.path
+        if api_key and route.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
+            response = error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                             "authentication_error", code="invalid_api_key")
+        else:
+            response = await call_next(request)
+        known = route in ("/v1/completions", "/v1/chat/completions", "/health", "/metrics", "/v1/models")
+        label = route if known else "other"
+        requests_total.labels(label, str(response.status_code)).inc()
+        latency.labels(label).observe(time.perf_counter() - t0)
+        return response
+
+    @app.exception_handler(RequestError)
+    async def refused(request, exc: RequestError):
+        return JSONResponse(exc.body, status_code=exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), "not_found_error" if exc.status_code == 404 else "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def crashed(request, exc: Exception):
+        return error(500, f"internal error: {exc.__class__.__name__}: {exc}", "server_error")
+
+    def check(req: _Request, prompts: list[list[int]]) -> None:
+        if req.stream:
+            raise RequestError(400, "stream=true is not supported by the transformers backend (vLLM's is)", param="stream")
+        if req.n != 1:
+            raise RequestError(400, "only n=1 is supported", param="n")
+        if req.model not in (None, model_name):
+            raise RequestError(404, f"model {req.model!r} is not served here; this server serves {model_name!r}",
+                               "not_found_error", param="model", code="model_not_found")
+        if req.max_tokens > max_tokens_limit:
+            raise RequestError(400, f"max_tokens {req.max_tokens} exceeds this server's limit {max_tokens_limit}",
+                               param="max_tokens")
+        for ids in prompts:
+            if len(ids) > max_prompt_tokens:
+                raise RequestError(400, f"prompt has {len(ids)} tokens; this server's limit is {max_prompt_tokens}",
+                                   param="prompt", code="context_length_exceeded")
+
+    async def run(req: _Request, prompts: list[list[int]]) -> list[Generated]:
+        check(req, prompts)
+        prompt_tokens.inc(sum(map(len, prompts)))
+        futures = [backend.submit(ids, req.max_tokens, req.temperature, req.top_p) for ids in prompts]
+        try:
+            return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        except Exception as e:  # the model failed on this request: 500, counted, and the server goes on
+            raise RequestError(500, f"generation failed: {e.__class__.__name__}: {e}", "server_error") from e
+
+    def usage(prompts, outs) -> dict:
+        p, c = sum(map(len, prompts)), sum(len(o.ids) for o in outs)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+    async def parse(request: Request, schema: type[_Request]) -> _Request:
+        """The JSON body (whatever the Content-Type says) validated against `schema`; 400 with every problem."""
+        import json
+
+        from pydantic import ValidationError
+
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RequestError(400, f"invalid JSON body: {e}") from None
+        if not isinstance(body, dict):
+            raise RequestError(400, f"the body must be a JSON object, not {type(body).__name__}")
+        try:
+            return schema.model_validate(body)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in e.errors())
+            raise RequestError(400, f"invalid request: {problems}", param=str(e.errors()[0]["loc"][0])) from None
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        req = await parse(request, CompletionRequest)
+        texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
+        prompts = [backend.encode(t) for t in texts]
+        outs = await run(req, prompts)
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name, "usage": usage(prompts, outs),
+                "choices": [{"index": i, "text": backend.decode(o.ids), "finish_reason": o.finish_reason,
+                             "logprobs": None} for i, o in enumerate(outs)]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        req = await parse(request, ChatRequest)
+        prompts = [backend.encode_chat([m.model_dump() for m in req.messages])]
+        outs = await run(req, prompts)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": model_name, "usage": usage(prompts, outs),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": backend.decode(outs[0].ids)},
+                             "finish_reason": outs[0].finish_reason}]}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "llm-milestones"}]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "quantization": getattr(backend, "quantization", "none")}
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+# --- the process -----------------------------------------------------------------------------------------
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, taken before the model loads, so a busy port fails fast and clearly."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine, listeners are not
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on {host} is already in use: stop what listens there or pass another "
+                             f"--port") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
+
+
+def vllm_command(model: str, host: str, port: int, name: str, quantization: str, dtype: str, api_key: str | None,
+                 max_batch_size: int, max_prompt_tokens: int, max_tokens_limit: int) -> list[str]:
+    """vLLM's OpenAI server with this server's settings (its context bounds prompt + max_tokens)."""
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
+           "--port", str(port), "--served-model-name", name, "--dtype", dtype, "--max-num-seqs", str(max_batch_size),
+           "--max-model-len", str(max_prompt_tokens + max_tokens_limit)]
+    if quantization != "none":
+        cmd += ["--quantization", quantization]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    return cmd
+
+
+def serve(model: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "transformers",
+          quantization: str = "none", dtype: str = "float32", api_key: str | None = None, max_batch_size: int = 8,
+          batch_wait_ms: float = 10.0, max_prompt_tokens: int = 512, max_tokens_limit: int = 256,
+          name: str | None = None) -> None:
+    from impl.core.hf import resolve_model
+
+    model_dir = resolve_model(model)
+    name = name or model
+    sock = bind(host, port)
+    if backend == "vllm":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            sock.close()
+            raise ServeError("backend vllm needs vLLM (GPU machines: pip install -e '.[gpu]')")
+        sock.close()  # vLLM binds the port itself
+        cmd = vllm_command(model_dir, host, port, name, quantization, dtype, api_key, max_batch_size,
+                           max_prompt_tokens, max_tokens_limit)
+        print("exec:", " ".join(c if c != api_key else "***" for c in cmd), flush=True)
+        os.execv(cmd[0], cmd)
+    if backend != "transformers":
+        raise ServeError(f"unknown backend {backend!r}: transformers | vllm")
+    import uvicorn
+
+    engine = TransformersBackend(model_dir, quantization, dtype, max_batch_size, batch_wait_ms)
+    app = create_app(engine, name, api_key, max_prompt_tokens, max_tokens_limit)
+    print(f"serving {name} ({quantization}, batches up to {max_batch_size}) on http://{host}:{port}", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    engine.close()

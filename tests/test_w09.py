@@ -1,0 +1,281 @@
+"""w09's sabotage twins (a 2-bit round-to-nearest quantiser fails the quality and memory targets; a server that
+answers 500 to some requests fails the zero-failure target under the same locust protocol), the gpu1 paths shrunk
+onto this CPU (WikiText- and Alpaca-format local data, vLLM's command line), and the server's contract: bad
+requests get 4xx JSON and the server keeps serving, the API key, dynamic batching, a busy port, clean stops."""
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from impl import adapters
+from impl.core.artifacts import Runs
+from impl.core.fixtures import fixture_path
+from impl.core.profiles import ProfileError, load_profile, override
+from impl.w09_serve import load as load_test
+from impl.w09_serve.server import TransformersBackend, create_app, vllm_command
+
+CPU = load_profile("cpu").milestone("w09")
+GPU1 = load_profile("gpu1").milestone("w09")
+FAST_SERVE = {"startup_timeout_s": 120, "max_prompt_tokens": 64, "max_tokens_limit": 32}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return Runs("w09", "test", root=tmp_path / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory):
+    """A 2-layer llama with SmolLM2's tokenizer and chat template: loads in a second, generates nonsense."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-chat-llama")
+    tok = AutoTokenizer.from_pretrained(fixture_path("smollm2"))
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 eos_token_id=tok.eos_token_id)).save_pretrained(out)
+    return str(out)
+
+
+# --- sabotage twins: quantisation ----------------------------------------------------------------------------
+def test_two_bit_round_to_nearest_fails_the_cpu_quality_and_memory_targets(runs):
+    """The cpu protocol on fewer tokens and examples, SmolLM2 as the model; every variant replaced by a 2-bit
+    round-to-nearest copy: perplexity explodes, and the weights (de-quantised fp32) take as much memory as before."""
+    spec = override(CPU, model="fixture:smollm2", quantize={"ppl_tokens": 1024, "rouge_examples": 4})
+    m = adapters.w09_quantize(spec, spec.model, runs, sabotage_bits=2).metrics
+    base = m["variants"]["none"]
+    for variant in ("int8", "nf4"):
+        v = m["variants"][variant]
+        for quantity, measured in (("ppl", "ppl"), ("memory", "memory_footprint_mb")):
+            target = CPU.targets[f"{variant}_{quantity}"]
+            checked = target.checked_value(v[measured], {"unquantised": base[measured]})
+            assert not target.passes(checked), f"{variant}_{quantity}: {checked}"
+        assert v["ppl_ratio"] > 5
+
+
+# --- the gpu1 path, shrunk -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def alpaca_like_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("alpaca")
+    rows = [json.loads(line) for line in
+            (fixture_path("natural-instructions") / "subtask041_qasc_answer_generation.jsonl").read_text().splitlines()[:40]]
+    pq.write_table(pa.table({"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
+                             "output": [r["references"][0] for r in rows], "text": ["" for _ in rows]}),
+                   out / "train-00000-of-00001.parquet")
+    return out
+
+
+def gpu1_shrunk(model, wikitext_dir, alpaca_dir):
+    return override(GPU1, model=model, instructions={"local_dir": str(alpaca_dir), "eval_examples": 4, "val_fraction": 0.3},
+                    quantize={"ppl_data": {"local_dir": str(wikitext_dir)}, "ppl_tokens": 512, "ppl_window": 128,
+                              "rouge_examples": 4, "max_new_tokens": 4, "batch_size": 4},
+                    serve={"backend": "transformers", "quantization": "none", "dtype": "float32", "startup_timeout_s": 120},
+                    load={"duration_s": 3, "users": 2, "spawn_rate": 2, "max_tokens": 4})
+
+
+def test_gpu1_quantisation_path_runs_here_shrunk(tiny_chat_model, wikitext_like_dir, alpaca_like_dir, runs):
+    """WikiText-2's test split (hub layout, local dir) for perplexity, Alpaca-format held-out examples, both
+    bitsandbytes variants."""
+    assert GPU1.quantize.ppl_data.source == "hub" and GPU1.quantize.ppl_data.split == "test"
+    spec = gpu1_shrunk(tiny_chat_model, wikitext_like_dir, alpaca_like_dir)
+    m = adapters.w09_quantize(spec, tiny_chat_model, runs).metrics
+    assert set(m["variants"]) == {"none", "int8", "nf4"} and "test split" in m["ppl_data"] and m["rouge_examples"] == 4
+    assert m["variants"]["nf4"]["memory_ratio"] < m["variants"]["int8"]["memory_ratio"] < 1
+
+
+def test_gpu1_serving_protocol_runs_here_on_the_transformers_backend(tiny_chat_model, wikitext_like_dir,
+                                                                     alpaca_like_dir, tmp_path):
+    """The gpu1 load protocol (chat endpoint, API key, locust) against the CPU backend; vLLM itself needs a GPU."""
+    spec = gpu1_shrunk(tiny_chat_model, wikitext_like_dir, alpaca_like_dir)
+    r = adapters.w09_serve_under_load(spec, tiny_chat_model, tmp_path / "load")
+    assert r["requests"] > 0 and r["failed_requests"] == 0 and r["requests_per_s"] > 0 and r["batches"] > 0
+
+
+def test_vllm_gets_the_profiles_settings_and_a_missing_vllm_is_a_clear_error(tiny_chat_model):
+    s = GPU1.serve
+    cmd = vllm_command("/m", "127.0.0.1", 8001, "w09", s.quantization, s.dtype, "k", s.max_batch_size,
+                       s.max_prompt_tokens, s.max_tokens_limit)
+    assert cmd[1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    opts = dict(zip(cmd[3::2], cmd[4::2]))
+    assert opts["--quantization"] == s.quantization == "fp8" and opts["--api-key"] == "k"
+    assert opts["--max-model-len"] == str(s.max_prompt_tokens + s.max_tokens_limit)
+    p = subprocess.run([sys.executable, "-m", "impl", "serve", "--model", tiny_chat_model, "--backend", "vllm",
+                        "--port", str(load_test.free_port())], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "needs vLLM" in p.stderr
+
+
+# --- the server's contract -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def server(tiny_chat_model, tmp_path_factory):
+    serve = CPU.serve.model_copy(update=FAST_SERVE)
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with load_test.running_server(tiny_chat_model, serve, log, api_key="secret", name="tiny") as s:
+        yield s
+
+
+def post(server, path, body, api_key="secret", raw=None):
+    status, text = load_test.http(server.url + path, raw if raw is not None else json.dumps(body).encode(), api_key)
+    return status, json.loads(text)
+
+
+CHAT = {"messages": [{"role": "user", "content": "Name a colour."}], "max_tokens": 4}
+
+
+def test_completions_and_chat_answer_in_openai_format(server):
+    status, r = post(server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 5, "model": "tiny"})
+    assert status == 200 and r["object"] == "text_completion" and isinstance(r["choices"][0]["text"], str)
+    assert r["usage"]["completion_tokens"] <= 5 and r["choices"][0]["finish_reason"] in ("stop", "length")
+    status, r = post(server, "/v1/chat/completions", CHAT)
+    assert status == 200 and r["choices"][0]["message"]["role"] == "assistant"
+    status, text = server.get("/health")
+    assert status == 200 and json.loads(text) == {"status": "ok", "model": "tiny", "quantization": "none"}
+
+
+@pytest.mark.parametrize("path,body,raw,status,mentions", [
+    ("/v1/completions", None, b"{not json", 400, "invalid JSON"),
+    ("/v1/completions", [1, 2], None, 400, "JSON object"),
+    ("/v1/completions", {"max_tokens": 4}, None, 400, "prompt: Field required"),
+    ("/v1/chat/completions", {"max_tokens": 4}, None, 400, "messages: Field required"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": "4"}, None, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": 42}, None, 400, "prompt"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, None, 400, "role"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 33}, None, 400, "limit 32"),
+    ("/v1/completions", {"prompt": "word " * 100}, None, 400, "limit is 64"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, None, 400, "max_tokens"),
+    ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, None, 404, "not served here"),
+    ("/v1/completions", {"prompt": "hi", "stream": True}, None, 400, "stream"),
+    ("/v1/nothing", {"prompt": "hi"}, None, 404, "Not Found"),
+])
+def test_a_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(server, path, body, raw, status, mentions):
+    got, r = post(server, path, body, raw=raw)
+    assert got == status and mentions in r["error"]["message"], r
+    assert post(server, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_without_the_api_key_the_server_answers_401(server):
+    for key in (None, "wrong"):
+        status, r = post(server, "/v1/chat/completions", CHAT, api_key=key)
+        assert status == 401 and r["error"]["type"] == "authentication_error"
+    assert load_test.http(server.url + "/health")[0] == 200  # health needs no key (load balancers probe it)
+
+
+def test_concurrent_requests_are_batched_and_counted_in_metrics(server):
+    before = load_test.server_batches(server)
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(lambda i: post(server, "/v1/completions",
+                                                {"prompt": f"Count to {i}", "max_tokens": 16})[0], range(8)))
+    after = load_test.server_batches(server)
+    batches = after["batches"] - before["batches"]
+    assert statuses == [200] * 8 and 1 <= batches < 8, f"8 concurrent requests ran in {batches} batches"
+    _, text = server.get("/metrics")
+    assert 'llm_requests_total{route="/v1/completions",status="200"}' in text and "llm_queue_depth" in text
+
+
+def test_a_healthy_server_has_no_failed_requests_under_the_load_protocol(server, tmp_path):
+    load = CPU.load.model_copy(update={"duration_s": 3, "max_tokens": 4})
+    r = load_test.run_locust(server.url, load, ["Say hi.", "Name a fruit."], tmp_path, api_key="secret")
+    assert r["requests"] > 0 and r["failed_requests"] == 0
+    assert CPU.targets["failed_requests"].passes(r["failed_requests"])
+
+
+# --- sabotage twin: a server that answers 500 to some requests -------------------------------------------------
+class EveryThirdFails:
+    """The real batching backend, except that every third request fails inside the model (a 500)."""
+
+    def __init__(self, backend):
+        self.backend, self.count, self.lock = backend, 0, threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+    def submit(self, *args, **kw):
+        with self.lock:
+            self.count += 1
+            failing = self.count % 3 == 0
+        if not failing:
+            return self.backend.submit(*args, **kw)
+        future = Future()
+        future.set_exception(RuntimeError("injected fault"))
+        return future
+
+
+def test_a_server_answering_500_to_some_requests_fails_the_zero_failure_target(tiny_chat_model, tmp_path):
+    import uvicorn
+
+    flaky = EveryThirdFails(TransformersBackend(tiny_chat_model, max_batch_size=8))
+    app = create_app(flaky, "tiny", api_key="secret")
+    port = load_test.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        load = CPU.load.model_copy(update={"duration_s": 3, "max_tokens": 4})
+        r = load_test.run_locust(f"http://127.0.0.1:{port}", load, ["Say hi.", "Name a fruit."], tmp_path, api_key="secret")
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        flaky.close()
+    assert r["failed_requests"] > 0 and any("HTTP 500" in f for f in r["failures"]), r
+    assert not CPU.targets["failed_requests"].passes(r["failed_requests"])
+
+
+# --- lifecycle and bad input ---------------------------------------------------------------------------------
+def test_a_port_in_use_is_a_clear_error_before_the_model_loads(tiny_chat_model, server):
+    port = server.url.rsplit(":", 1)[1]
+    p = subprocess.run([sys.executable, "-m", "impl", "serve", "--model", tiny_chat_model, "--port", port],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and f"port {port} on 127.0.0.1 is already in use" in p.stderr
+    assert server.get("/health")[0] == 200  # the running server is untouched
+
+
+def test_the_server_stops_when_the_test_using_it_fails(tiny_chat_model, tmp_path):
+    serve = CPU.serve.model_copy(update=FAST_SERVE)
+    with pytest.raises(RuntimeError, match="the test failed"):
+        with load_test.running_server(tiny_chat_model, serve, tmp_path / "server.log") as s:
+            process = s.process
+            raise RuntimeError("the test failed")
+    assert process.poll() is not None
+
+
+def test_a_server_with_a_corrupt_checkpoint_is_reported_with_its_log(tiny_chat_model, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_chat_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    serve = CPU.serve.model_copy(update=FAST_SERVE)
+    with pytest.raises(load_test.LoadTestError, match="(?s)exited with code 2.*error: cannot load"):
+        with load_test.running_server(str(broken), serve, tmp_path / "server.log"):
+            pass
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"load": {"max_tokens": 300}}, "exceeds serve.max_tokens_limit"),
+    ({"serve": {"quantization": "gptq"}}, "backend transformers serves quantization"),
+    ({"quantize": {"variants": ["int8"]}}, "target nf4_(ppl|memory) needs 'nf4'"),
+    ({"serve": {"backend": "tgi"}}, "backend"),
+])
+def test_a_bad_w09_section_is_refused_with_the_reason(tmp_path, change, message):
+    import yaml
+
+    from impl.core.profiles import deep_merge
+
+    raw = yaml.safe_load((load_profile("cpu").path).read_text())
+    deep_merge(raw["milestones"]["w09"], change)
+    raw["milestones"] = {"w09": raw["milestones"]["w09"]}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ProfileError, match=message):
+        load_profile(path)
