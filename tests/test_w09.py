@@ -62,6 +62,16 @@ def test_two_bit_round_to_nearest_fails_the_cpu_quality_and_memory_targets(runs)
         assert v["ppl_ratio"] > 5
 
 
+# --- sabotage twin: a server without batching ------------------------------------------------------------------
+def test_a_server_taking_one_request_at_a_time_fails_the_cpu_latency_and_throughput_targets(tmp_path):
+    """The cpu profile's serving settings and load protocol with `--max-batch-size 1`, on SmolLM2 (w07's model
+    before tuning: the same architecture and size, so the same speed)."""
+    r = adapters.w09_serve_under_load(CPU, "fixture:smollm2", tmp_path / "load", max_batch_size=1)
+    assert r["failed_requests"] == 0 and r["mean_batch_size"] == 1
+    for name in ("mean_latency_ms", "requests_per_s"):
+        assert not CPU.targets[name].passes(r[name]), f"{name} = {r[name]} without batching"
+
+
 # --- the gpu1 path, shrunk -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def alpaca_like_dir(tmp_path_factory):
@@ -138,6 +148,11 @@ def test_completions_and_chat_answer_in_openai_format(server):
     assert status == 200 and r["choices"][0]["message"]["role"] == "assistant"
     status, text = server.get("/health")
     assert status == 200 and json.loads(text) == {"status": "ok", "model": "tiny", "quantization": "none"}
+
+
+def test_ignore_eos_generates_exactly_max_tokens_for_the_fixed_length_load_protocol(server):
+    status, r = post(server, "/v1/completions", {"prompt": "Hi", "max_tokens": 7, "ignore_eos": True})
+    assert status == 200 and r["usage"]["completion_tokens"] == 7 and r["choices"][0]["finish_reason"] == "length"
 
 
 @pytest.mark.parametrize("path,body,raw,status,mentions", [

@@ -128,7 +128,8 @@ def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_
     (out_dir / "prompts.json").write_text(json.dumps(prompts[:load.prompts]))
     prefix = out_dir / "locust"
     env = {**os.environ, "W09_PROMPTS": str(out_dir / "prompts.json"), "W09_MAX_TOKENS": str(load.max_tokens),
-           "W09_ENDPOINT": load.endpoint, "W09_API_KEY": api_key or ""}
+           "W09_ENDPOINT": load.endpoint, "W09_API_KEY": api_key or "",
+           "W09_IGNORE_EOS": "1" if load.fixed_output_length else "0"}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(load.users),
            "-r", str(load.spawn_rate), "-t", f"{load.duration_s}s", "--host", url, "--csv", str(prefix),
            "--only-summary", "--loglevel", "WARNING"]
@@ -156,7 +157,7 @@ def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_
         "failures": failures, "csv": str(stats),
         "protocol": f"locust headless, {load.users} users spawned at {load.spawn_rate:g}/s, {load.duration_s} s, no "
                     f"think time; {load.endpoint}, {min(load.prompts, len(prompts))} prompts in turn, max_tokens "
-                    f"{load.max_tokens}, temperature 0, not streamed",
+                    f"{load.max_tokens}{' exactly (ignore_eos)' if load.fixed_output_length else ''}, greedy, not streamed",
     }
 
 

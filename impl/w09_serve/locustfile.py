@@ -1,6 +1,6 @@
 """The load test's user: OpenAI-style requests back to back, prompts in turn from a JSON file.
 
-    W09_PROMPTS=prompts.json W09_MAX_TOKENS=16 W09_ENDPOINT=/v1/chat/completions W09_API_KEY=... \
+    W09_PROMPTS=prompts.json W09_MAX_TOKENS=16 W09_IGNORE_EOS=1 W09_ENDPOINT=/v1/chat/completions W09_API_KEY=... \
         locust -f impl/w09_serve/locustfile.py --headless -u 8 -r 8 -t 10s --host http://127.0.0.1:8000 --csv out
 
 A request counts as failed unless it answers 200 with a JSON body holding one choice with text.
@@ -15,6 +15,7 @@ PROMPTS = json.loads(open(os.environ["W09_PROMPTS"]).read())
 MAX_TOKENS = int(os.environ.get("W09_MAX_TOKENS", "16"))
 ENDPOINT = os.environ.get("W09_ENDPOINT", "/v1/chat/completions")
 KEY = os.environ.get("W09_API_KEY")
+IGNORE_EOS = os.environ.get("W09_IGNORE_EOS") == "1"  # every answer exactly MAX_TOKENS long
 _next = itertools.cycle(range(len(PROMPTS)))  # shared by the users of this process: every prompt in turn
 
 
@@ -25,6 +26,8 @@ class Client(HttpUser):
     def complete(self):
         prompt = PROMPTS[next(_next)]
         body = {"max_tokens": MAX_TOKENS, "temperature": 0}
+        if IGNORE_EOS:
+            body["ignore_eos"] = True
         if ENDPOINT.endswith("/chat/completions"):
             body["messages"] = [{"role": "user", "content": prompt}]
         else:

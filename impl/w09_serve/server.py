@@ -59,6 +59,7 @@ class _Request(BaseModel):
     top_p: StrictFloat | StrictInt = Field(1.0, gt=0.0, le=1.0)
     n: StrictInt = 1
     stream: StrictBool = False
+    ignore_eos: StrictBool = False  # vLLM's extension: generate exactly max_tokens (fixed-length load tests)
 
 
 class CompletionRequest(_Request):
@@ -81,6 +82,7 @@ class Job:
     max_tokens: int
     temperature: float
     top_p: float
+    ignore_eos: bool = False
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
 
@@ -124,8 +126,9 @@ class TransformersBackend:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids, skip_special_tokens=True)
 
-    def submit(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0):
-        job = Job(ids, max_tokens, float(temperature), float(top_p))
+    def submit(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+               ignore_eos: bool = False):
+        job = Job(ids, max_tokens, float(temperature), float(top_p), ignore_eos)
         self._queue.put(job)
         return job.future
 
@@ -152,7 +155,7 @@ class TransformersBackend:
                 batch.append(job)
             groups: dict[tuple, list[Job]] = {}  # one generate call per sampling setting
             for job in batch:
-                groups.setdefault((job.temperature, job.top_p), []).append(job)
+                groups.setdefault((job.temperature, job.top_p, job.ignore_eos), []).append(job)
             for jobs in groups.values():
                 self._generate(jobs)
 
@@ -164,16 +167,19 @@ class TransformersBackend:
             pad = self.tok.pad_token_id
             ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in jobs], device=self.model.device)
             mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=self.model.device)
-            temperature, top_p = jobs[0].temperature, jobs[0].top_p
+            temperature, top_p, ignore_eos = jobs[0].temperature, jobs[0].top_p, jobs[0].ignore_eos
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
                 {"do_sample": False}
+            longest = max(j.max_tokens for j in jobs)
+            if ignore_eos:
+                sampling["min_new_tokens"] = longest  # end-of-sequence suppressed until then
             with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max(j.max_tokens for j in jobs),
+                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest,
                                           pad_token_id=pad, **sampling)
             new_tokens = 0
             for job, row in zip(jobs, out[:, width:].tolist()):
                 row = row[:job.max_tokens]
-                stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
+                stop = None if ignore_eos else next((i for i, t in enumerate(row) if t in self.eos_ids), None)
                 result = Generated(row[:stop], "stop") if stop is not None else Generated(row, "length")
                 new_tokens += len(result.ids)
                 job.future.set_result(result)
@@ -258,7 +264,7 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
     async def run(req: _Request, prompts: list[list[int]]) -> list[Generated]:
         check(req, prompts)
         prompt_tokens.inc(sum(map(len, prompts)))
-        futures = [backend.submit(ids, req.max_tokens, req.temperature, req.top_p) for ids in prompts]
+        futures = [backend.submit(ids, req.max_tokens, req.temperature, req.top_p, req.ignore_eos) for ids in prompts]
         try:
             return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         except Exception as e:  # the model failed on this request: 500, counted, and the server goes on

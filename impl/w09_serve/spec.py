@@ -78,6 +78,7 @@ class LoadSpec(Strict):
     spawn_rate: float = 8.0
     duration_s: int = 10
     max_tokens: int = 16
+    fixed_output_length: bool = True  # ignore_eos: every answer max_tokens long, whatever the model would say
     prompts: int = 16
     endpoint: Literal["/v1/chat/completions", "/v1/completions"] = "/v1/chat/completions"
 
