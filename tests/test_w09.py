@@ -155,6 +155,23 @@ def test_ignore_eos_generates_exactly_max_tokens_for_the_fixed_length_load_proto
     assert status == 200 and r["usage"]["completion_tokens"] == 7 and r["choices"][0]["finish_reason"] == "length"
 
 
+def test_the_official_openai_client_talks_to_the_server(server):
+    """Compatibility as users meet it: the `openai` package, pointed at our base URL."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="secret", max_retries=0)
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens <= 3
+    text = client.completions.create(model="tiny", prompt="Once upon", max_tokens=3)
+    assert isinstance(text.choices[0].text, str) and text.choices[0].finish_reason in ("stop", "length")
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    with pytest.raises(openai.BadRequestError, match="exceeds this server's limit"):
+        client.completions.create(model="tiny", prompt="Hi", max_tokens=1000)
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0).completions.create(
+            model="tiny", prompt="Hi", max_tokens=1)
+
+
 @pytest.mark.parametrize("path,body,raw,status,mentions", [
     ("/v1/completions", None, b"{not json", 400, "invalid JSON"),
     ("/v1/completions", [1, 2], None, 400, "JSON object"),

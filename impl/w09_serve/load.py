@@ -122,14 +122,15 @@ def _number(row: dict, key: str) -> float:
         return math.nan  # locust writes N/A when nothing completed
 
 
-def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_key: str | None = None) -> dict:
+def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_key: str | None = None,
+               model_name: str | None = None) -> dict:
     """locust headless with the protocol of `load`; the aggregated numbers of its CSV."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "prompts.json").write_text(json.dumps(prompts[:load.prompts]))
     prefix = out_dir / "locust"
     env = {**os.environ, "W09_PROMPTS": str(out_dir / "prompts.json"), "W09_MAX_TOKENS": str(load.max_tokens),
            "W09_ENDPOINT": load.endpoint, "W09_API_KEY": api_key or "",
-           "W09_IGNORE_EOS": "1" if load.fixed_output_length else "0"}
+           "W09_IGNORE_EOS": "1" if load.fixed_output_length else "0", "W09_MODEL": model_name or ""}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(load.users),
            "-r", str(load.spawn_rate), "-t", f"{load.duration_s}s", "--host", url, "--csv", str(prefix),
            "--only-summary", "--loglevel", "WARNING"]

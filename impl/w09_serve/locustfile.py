@@ -15,6 +15,7 @@ PROMPTS = json.loads(open(os.environ["W09_PROMPTS"]).read())
 MAX_TOKENS = int(os.environ.get("W09_MAX_TOKENS", "16"))
 ENDPOINT = os.environ.get("W09_ENDPOINT", "/v1/chat/completions")
 KEY = os.environ.get("W09_API_KEY")
+MODEL = os.environ.get("W09_MODEL")  # the served model's name (vLLM's server routes by it)
 IGNORE_EOS = os.environ.get("W09_IGNORE_EOS") == "1"  # every answer exactly MAX_TOKENS long
 _next = itertools.cycle(range(len(PROMPTS)))  # shared by the users of this process: every prompt in turn
 
@@ -26,6 +27,8 @@ class Client(HttpUser):
     def complete(self):
         prompt = PROMPTS[next(_next)]
         body = {"max_tokens": MAX_TOKENS, "temperature": 0}
+        if MODEL:
+            body["model"] = MODEL
         if IGNORE_EOS:
             body["ignore_eos"] = True
         if ENDPOINT.endswith("/chat/completions"):

@@ -66,7 +66,7 @@ def round_to_nearest(model, bits: int):
 def held_out_text(data) -> tuple[list[str], str]:
     if data.source == "offline":
         s = offline_splits(data.corpus, data.val_fraction)
-        return s.val, f"{'+'.join(data.corpus)} held-out documents ({s.description.split(', ', 1)[1]})"
+        return s.val, f"the validation documents of {s.description}"
     dsd, where = hub_dataset(data.hub_path, data.hub_name, data.local_dir, (data.split,))
     ds = dsd[data.split]
     if data.text_column not in ds.column_names:

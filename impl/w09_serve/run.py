@@ -44,7 +44,7 @@ def serve_under_load(spec: W09Spec, model: str, out_dir: Path, max_batch_size: i
     prompts = [e.prompt()[0]["content"] for e in held_out(spec).eval]
     key = secrets.token_hex(16)  # the load test authenticates like a client of a protected server
     with load_test.running_server(model, serve, out_dir / "server.log", api_key=key, name="w09") as server:
-        result = load_test.run_locust(server.url, spec.load, prompts, out_dir, api_key=key)
+        result = load_test.run_locust(server.url, spec.load, prompts, out_dir, api_key=key, model_name="w09")
         result.update(load_test.server_batches(server))
     result.update({"backend": serve.backend, "served_quantization": serve.quantization, "dtype": serve.dtype,
                    "max_batch_size": serve.max_batch_size, "batch_wait_ms": serve.batch_wait_ms,

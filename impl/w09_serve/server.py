@@ -383,6 +383,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, backend: str = 
 
     engine = TransformersBackend(model_dir, quantization, dtype, max_batch_size, batch_wait_ms)
     app = create_app(engine, name, api_key, max_prompt_tokens, max_tokens_limit)
-    print(f"serving {name} ({quantization}, batches up to {max_batch_size}) on http://{host}:{port}", flush=True)
+    print(f"serving {name} ({quantization}, batches up to {max_batch_size}) on http://{host}:{sock.getsockname()[1]}",
+          flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     engine.close()
