@@ -1,4 +1,5 @@
-"""Shared pieces of the fast tests: profiles as specs, throw-away artifact roots, a tiny WikiText-format dir."""
+"""Shared pieces of the fast tests: profiles as specs, throw-away artifact roots, tiny WikiText- and Alpaca-format
+dirs."""
 from pathlib import Path
 
 import pytest
@@ -33,4 +34,24 @@ def wikitext_like_dir(tmp_path_factory):
     for split, chunk in (("train", docs[:6]), ("validation", docs[6:8]), ("test", docs[8:10])):
         lines = [" = Chapter = \n", ""] + [p + "\n" for d in chunk for p in d["text"].split("\n\n")]
         pq.write_table(pa.table({"text": lines}), out / f"{split}-00000-of-00001.parquet")
+    return out
+
+
+@pytest.fixture(scope="session")
+def alpaca_like_dir(tmp_path_factory):
+    """What `datasets` fetches for tatsu-lab/alpaca (one train split: instruction, input, output, text), in
+    miniature, built from real natural_instructions rows."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from impl.core.fixtures import fixture_path
+
+    out = tmp_path_factory.mktemp("alpaca")
+    rows = [json.loads(line) for line in
+            (fixture_path("natural-instructions") / "subtask041_qasc_answer_generation.jsonl").read_text().splitlines()[:60]]
+    pq.write_table(pa.table({"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
+                             "output": [r["references"][0] for r in rows], "text": ["" for _ in rows]}),
+                   out / "train-00000-of-00001.parquet")
     return out

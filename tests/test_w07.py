@@ -44,19 +44,6 @@ def test_learning_rate_zero_fails_the_cpu_qlora_target_on_fewer_examples(runs):
 
 # --- the gpu1 path, shrunk -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def alpaca_like_dir(tmp_path_factory):
-    """What `datasets` fetches for tatsu-lab/alpaca (one train split: instruction, input, output, text), in
-    miniature, built from real natural_instructions rows."""
-    out = tmp_path_factory.mktemp("alpaca")
-    rows = [json.loads(line) for line in
-            (fixture_path("natural-instructions") / "subtask041_qasc_answer_generation.jsonl").read_text().splitlines()[:60]]
-    pq.write_table(pa.table({"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
-                             "output": [r["references"][0] for r in rows], "text": ["" for _ in rows]}),
-                   out / "train-00000-of-00001.parquet")
-    return out
-
-
-@pytest.fixture(scope="module")
 def base_model_without_chat_template(tmp_path_factory):
     """A 2-layer llama with SmolLM2's tokenizer minus its chat template, standing in for Mistral-7B-v0.1 (a
     base model: the ChatML fallback applies)."""

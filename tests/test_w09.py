@@ -9,8 +9,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from impl import adapters
@@ -73,17 +71,6 @@ def test_a_server_taking_one_request_at_a_time_fails_the_cpu_latency_and_through
 
 
 # --- the gpu1 path, shrunk -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def alpaca_like_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("alpaca")
-    rows = [json.loads(line) for line in
-            (fixture_path("natural-instructions") / "subtask041_qasc_answer_generation.jsonl").read_text().splitlines()[:40]]
-    pq.write_table(pa.table({"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
-                             "output": [r["references"][0] for r in rows], "text": ["" for _ in rows]}),
-                   out / "train-00000-of-00001.parquet")
-    return out
-
-
 def gpu1_shrunk(model, wikitext_dir, alpaca_dir):
     return override(GPU1, model=model, instructions={"local_dir": str(alpaca_dir), "eval_examples": 4, "val_fraction": 0.3},
                     quantize={"ppl_data": {"local_dir": str(wikitext_dir)}, "ppl_tokens": 512, "ppl_window": 128,
@@ -182,6 +169,8 @@ def test_the_official_openai_client_talks_to_the_server(server):
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, None, 400, "role"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 33}, None, 400, "limit 32"),
     ("/v1/completions", {"prompt": "word " * 100}, None, 400, "limit is 64"),
+    ("/v1/completions", {"prompt": ""}, None, 400, "at least 1"),
+    ("/v1/completions", {"prompt": []}, None, 400, "prompt"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, None, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, None, 404, "not served here"),
     ("/v1/completions", {"prompt": "hi", "stream": True}, None, 400, "stream"),
