@@ -84,6 +84,34 @@ def load_model(cls, ref: str, **kwargs):
         raise ModelLoadError(f"cannot load {cls.__name__} from {ref!r}: {str(e).strip().splitlines()[0][:300]}") from None
 
 
+def device():
+    """The one device a single-process milestone runs on: the first GPU, else the CPU."""
+    import torch
+
+    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_causal_lm(ref: str, quantization: str = "none", dtype=None):
+    """A causal LM on `device()`: unquantised ("none") in `dtype`, or its linear layers quantised by bitsandbytes
+    at load time, "int8" (LLM.int8()) or "nf4" (4-bit NormalFloat, double quantisation, `dtype` compute)."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    dtype = dtype or torch.float32
+    dev = device()
+    if quantization == "none":
+        return load_model(AutoModelForCausalLM, ref, dtype=dtype).to(dev)
+    if quantization == "int8":
+        q = BitsAndBytesConfig(load_in_8bit=True)
+    elif quantization == "nf4":
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=dtype)
+    else:
+        raise ValueError(f"quantization must be 'none', 'int8' or 'nf4'; got {quantization!r}")
+    return load_model(AutoModelForCausalLM, ref, dtype=dtype, quantization_config=q,
+                      device_map={"": dev.index or 0} if dev.type == "cuda" else "cpu")
+
+
 def training_arguments(train: HFTrainSpec, out_dir: Path, progress: bool = True, cls=None, **overrides):
     """TrainingArguments (or `cls`, a subclass such as TRL's SFTConfig) from a profile's train section;
     `overrides` are further keyword arguments of `cls`."""

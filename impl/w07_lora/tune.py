@@ -21,7 +21,7 @@ import torch
 
 from impl.core.artifacts import RunResult, environment, write_json
 from impl.core.distributed import peak_memory_mb, reset_peak_memory
-from impl.core.hf import JsonlLog, load_model, load_tokenizer, training_arguments
+from impl.core.hf import JsonlLog, device, load_causal_lm, load_tokenizer, training_arguments
 from impl.core.metrics import load_metric
 from impl.w07_lora.data import Example, load_splits
 from impl.w07_lora.spec import W07Spec
@@ -29,10 +29,6 @@ from impl.w07_lora.spec import W07Spec
 # For base models without a chat template (Mistral-7B-v0.1, Llama-2-7b): ChatML, written as plain text
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def device() -> torch.device:
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def tokenizer_for(spec: W07Spec):
@@ -44,31 +40,17 @@ def tokenizer_for(spec: W07Spec):
     return tok
 
 
-def load_base(spec: W07Spec, quantize: bool):
-    """The pretrained model in the training precision (fp32 on CPU), or quantised to 4-bit NF4 for QLoRA."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    dtype = torch.bfloat16 if spec.train.precision == "bf16" else torch.float32
-    dev = device()
-    if not quantize:
-        return load_model(AutoModelForCausalLM, spec.model, dtype=dtype).to(dev)
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=dtype)
-    return load_model(AutoModelForCausalLM, spec.model, dtype=dtype, quantization_config=q,
-                      device_map={"": dev.index or 0} if dev.type == "cuda" else "cpu")
-
-
 @torch.no_grad()
-def generate(model, tok, examples: list[Example], spec: W07Spec) -> list[str]:
+def generate(model, tok, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy decoding of each example's chat prompt, batched with left padding; the response text only."""
     model.eval()
     tok.padding_side = "left"
     out = []
-    for i in range(0, len(examples), spec.generate.batch_size):
-        chunk = examples[i:i + spec.generate.batch_size]
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
         prompts = [tok.apply_chat_template(e.prompt(), tokenize=False, add_generation_prompt=True) for e in chunk]
         enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        ids = model.generate(**enc, max_new_tokens=spec.generate.max_new_tokens, do_sample=False,
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
         out += [tok.decode(row[enc["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in ids]
     return out
@@ -101,7 +83,6 @@ def run(spec: W07Spec, variant: str, run_dir: Path, progress: bool = False) -> R
     if (run_dir / "metrics.json").exists():
         return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
     quantize = variant == "qlora"
@@ -109,10 +90,11 @@ def run(spec: W07Spec, variant: str, run_dir: Path, progress: bool = False) -> R
     splits = load_splits(spec.data)
     tok = tokenizer_for(spec)
     torch.manual_seed(spec.train.seed)
-    model = load_base(spec, quantize)
+    dtype = torch.bfloat16 if spec.train.precision == "bf16" else torch.float32  # the training precision
+    model = load_causal_lm(spec.model, "nf4" if quantize else "none", dtype)
     footprint = model.get_memory_footprint()
     t0 = time.perf_counter()
-    before = generate(model, tok, splits.eval, spec)
+    before = generate(model, tok, splits.eval, **spec.generate.model_dump())
     generate_seconds = time.perf_counter() - t0
     rouge_before, per_before = rouge_l(before, splits.eval)
 
@@ -135,7 +117,7 @@ def run(spec: W07Spec, variant: str, run_dir: Path, progress: bool = False) -> R
     peak_mb = peak_memory_mb(device())
     model.save_pretrained(str(run_dir / "adapter"))  # adapter_model.safetensors + adapter_config.json
 
-    after = generate(model, tok, splits.eval, spec)
+    after = generate(model, tok, splits.eval, **spec.generate.model_dump())
     rouge_after, per_after = rouge_l(after, splits.eval)
     adapter_logits = _prompt_logits(model, tok, splits.eval[0])
     del trainer, model
@@ -143,8 +125,7 @@ def run(spec: W07Spec, variant: str, run_dir: Path, progress: bool = False) -> R
         torch.cuda.empty_cache()
 
     # merged: the adapter folded into the full-precision base (for QLoRA too: the usual way to ship a QLoRA model)
-    dtype = torch.bfloat16 if spec.train.precision == "bf16" else torch.float32
-    base = load_model(AutoModelForCausalLM, spec.model, dtype=dtype).to(device())
+    base = load_causal_lm(spec.model, "none", dtype)
     merged = PeftModel.from_pretrained(base, str(run_dir / "adapter")).merge_and_unload()
     merged.save_pretrained(str(run_dir / "merged"))
     tok.save_pretrained(str(run_dir / "merged"))

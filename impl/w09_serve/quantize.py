@@ -20,35 +20,10 @@ import torch
 
 from impl.core.artifacts import RunResult, environment, write_json
 from impl.core.corpora import DataError, hub_dataset, offline_splits
-from impl.core.hf import load_model, load_tokenizer
+from impl.core.hf import device, load_causal_lm, load_tokenizer
 from impl.w07_lora.data import Example
+from impl.w07_lora.tune import generate, rouge_l
 from impl.w09_serve.spec import QuantizeSpec
-
-
-def device() -> torch.device:
-    return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-
-
-def bnb_config(quantization: str, compute_dtype: torch.dtype):
-    from transformers import BitsAndBytesConfig
-
-    if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    if quantization == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=compute_dtype)
-    raise ValueError(f"quantization must be 'none', 'int8' or 'nf4'; got {quantization!r}")
-
-
-def load_quantized(model_dir: str, quantization: str, dtype: torch.dtype = torch.float32):
-    """The model unquantised ("none") in `dtype`, or its linear layers quantised by bitsandbytes at load time."""
-    from transformers import AutoModelForCausalLM
-
-    dev = device()
-    if quantization == "none":
-        return load_model(AutoModelForCausalLM, model_dir, dtype=dtype).to(dev).eval()
-    return load_model(AutoModelForCausalLM, model_dir, dtype=dtype, quantization_config=bnb_config(quantization, dtype),
-                      device_map={"": dev.index or 0} if dev.type == "cuda" else "cpu").eval()
 
 
 @torch.no_grad()
@@ -87,7 +62,6 @@ def ppl_windows(tok, texts: list[str], spec: QuantizeSpec) -> list[list[int]]:
 def score(model, tok, windows: list[list[int]], examples: list[Example], spec: QuantizeSpec) -> dict:
     """Perplexity over the windows and greedy ROUGE-L on the examples: the same protocol for every variant."""
     from impl.w03_finetune.clm import perplexity
-    from impl.w07_lora.tune import rouge_l
 
     t0 = time.perf_counter()
     ppl = perplexity(model, windows)
@@ -97,15 +71,6 @@ def score(model, tok, windows: list[list[int]], examples: list[Example], spec: Q
     rouge, _ = rouge_l(answers, examples)
     return {"ppl": ppl, "rougeL": rouge, "memory_footprint_mb": model.get_memory_footprint() / 2**20,
             "ppl_seconds": ppl_s, "generate_seconds": time.perf_counter() - t0, "answers": answers}
-
-
-@torch.no_grad()
-def generate(model, tok, examples: list[Example], max_new_tokens: int, batch_size: int) -> list[str]:
-    from impl.w07_lora.tune import generate as w07_generate
-    from types import SimpleNamespace
-
-    return w07_generate(model, tok, examples,
-                        SimpleNamespace(generate=SimpleNamespace(max_new_tokens=max_new_tokens, batch_size=batch_size)))
 
 
 def run(model_dir: str, spec: QuantizeSpec, examples: list[Example], run_dir: Path, examples_data: str,
@@ -124,9 +89,9 @@ def run(model_dir: str, spec: QuantizeSpec, examples: list[Example], run_dir: Pa
     results = {}
     for variant in ["none", *spec.variants]:
         if sabotage_bits and variant != "none":
-            model = round_to_nearest(load_quantized(model_dir, "none", dtype), sabotage_bits)
+            model = round_to_nearest(load_causal_lm(model_dir, "none", dtype), sabotage_bits)
         else:
-            model = load_quantized(model_dir, variant, dtype)
+            model = load_causal_lm(model_dir, variant, dtype)
         results[variant] = score(model, tok, windows, examples, spec)
         del model
         if torch.cuda.is_available():

@@ -99,15 +99,14 @@ class TransformersBackend:
                  batch_wait_ms: float = 10.0):
         import torch
 
-        from impl.core.hf import load_tokenizer
-        from impl.w09_serve.quantize import load_quantized
+        from impl.core.hf import load_causal_lm, load_tokenizer
 
         self.tok = load_tokenizer(model_dir)
         if self.tok.pad_token is None:
             self.tok.pad_token = self.tok.eos_token
         self.tok.padding_side = "left"
         torch_dtype = torch.float32 if dtype in ("float32", "auto") else getattr(torch, dtype)
-        self.model = load_quantized(model_dir, quantization, torch_dtype)
+        self.model = load_causal_lm(model_dir, quantization, torch_dtype)
         self.quantization, self.max_batch_size, self.batch_wait_s = quantization, max_batch_size, batch_wait_ms / 1000
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [self.tok.eos_token_id])
