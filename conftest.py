@@ -14,6 +14,7 @@ interrupted, and under pytest-xdist the controller merges the workers' rows.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -22,7 +23,8 @@ import pytest
 
 from impl.core import scorecard as card
 from impl.core.artifacts import Runs, environment
-from impl.core.profiles import Profile, ProfileError, builtin_profiles, load_profile
+from impl.core.errors import MilestonesError
+from impl.core.profiles import Profile, ProfileError, builtin_profiles, load_profile, with_seed
 
 ROWS_DIR = ".rows"
 
@@ -49,11 +51,38 @@ def pytest_configure(config):
     worker = getattr(config, "workerinput", None)
     config._session_id = worker["milestones_session"] if worker else uuid.uuid4().hex[:12]
     config._worker = worker["workerid"] if worker else "main"
+    if worker:  # share the cores between the workers instead of oversubscribing them (and the ranks they launch)
+        threads = max(1, (os.cpu_count() or 1) // int(worker.get("workercount", 1)))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        import torch
+
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):  # xdist controller -> each worker: one session id for the rows files
     node.workerinput["milestones_session"] = node.config._session_id
+
+
+# The order in which pytest-xdist hands out work: the longest groups first, so two workers finish together.
+# w09's checks reuse w07's tuned model, so they run on w07's worker, after it.
+XDIST_ORDER = ["acceptance:w07", "acceptance:w03", "acceptance:w05", "acceptance:w01", "acceptance:w13"]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into group names
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`), keep together what shares state: an acceptance milestone's checks
+    (one run read by several checks), and a test module's tests (module-scoped fixtures: a server, a model)."""
+    for item in items:
+        mark = item.get_closest_marker("check")
+        if mark is not None:
+            group = "acceptance:" + ("w07" if mark.args[0] == "w09" else mark.args[0])
+        else:
+            group = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+        item._xdist_group = group
+    rank = {g: i for i, g in enumerate(XDIST_ORDER)}
+    items.sort(key=lambda i: rank.get(i._xdist_group, len(rank)))  # stable: collection order within a group
 
 
 def pytest_generate_tests(metafunc):
@@ -69,23 +98,52 @@ def pytest_generate_tests(metafunc):
 
 
 class Scorecard:
-    """What one check records; the plugin turns it into a row when the test ends."""
+    """What one check records; the plugin turns it into a row when the test ends.
+
+    A check whose target asks for several seeds loops `for s in scorecard.each_seed(spec)` and calls `check` once
+    per seed; the row records every seed's value and is gated on the worst one.
+    """
 
     def __init__(self, milestone: str, target_name: str, spec):
         self.milestone, self.target_name, self.target = milestone, target_name, spec.targets[target_name]
         self.value, self.data, self.curve, self.extra = None, None, None, {}
+        self.seed, self.per_seed = None, {}  # seed -> (checked value, data, curve, extra)
+
+    def each_seed(self, spec):
+        """The spec once per seed the target asks for (every `seed` field set to it), or once as it is."""
+        if not self.target.seeds:
+            yield spec
+            return
+        for seed in self.target.seeds:
+            self.seed = seed
+            yield with_seed(spec, seed)
 
     def check(self, value: float, data: str, curve: list | None = None, baselines: dict | None = None,
-              **extra) -> None:
+              trivial: dict | None = None, **extra) -> None:
         """Record the measured value with its data and context, then assert the target. A relative target
-        judges the value against the baselines measured in the same run (recorded beside it)."""
-        self.data, self.curve = data, curve
+        judges the value against the baselines measured in the same run (recorded beside it). `trivial` names a
+        no-skill reference of an absolute target (the unigram model), recorded for calibration, never gated on."""
+        if self.target.seeds and self.seed is None:
+            raise MilestonesError(f"{self.milestone} {self.target_name}: the profile asks for seeds "
+                                  f"{self.target.seeds}, but this check does not loop over scorecard.each_seed(spec)")
+        extra = dict(extra)
         if baselines:
-            self.extra.update({self.target_name: float(value), **{f"baseline {k}": v for k, v in baselines.items()}})
-        self.extra.update(extra)
-        self.value = float(self.target.checked_value(float(value), baselines))
+            extra.update({self.target_name: float(value), **{f"baseline {k}": v for k, v in baselines.items()}})
+        extra.update({f"trivial {k}": v for k, v in (trivial or {}).items()})
+        checked = float(self.target.checked_value(float(value), baselines))
+        self.per_seed[self.seed] = (checked, data, curve, extra)
+        if self.seed is not None and len(self.per_seed) < len(self.target.seeds):
+            return  # more seeds to come: the last one decides
+        values = {s: v[0] for s, v in self.per_seed.items()}
+        worst = self.target.worst(list(values.values()))
+        worst_seed = next(s for s, v in values.items() if v == worst or v != v)  # NaN is the worst of all
+        self.value, self.data, self.curve, chosen = self.per_seed[worst_seed]
+        self.extra.update(chosen)
+        if self.seed is not None:
+            self.extra.update({"value per seed": values, "worst seed": worst_seed})
         assert self.target.passes(self.value), (
-            f"{self.milestone} {self.target.label(self.target_name)} = {self.value:.4g}, target "
+            f"{self.milestone} {self.target.label(self.target_name)} = {self.value:.4g}"
+            f"{f' (worst of seeds {list(self.per_seed)})' if self.seed is not None else ''}, target "
             f"{self.target.describe()} ({self.target.protocol})")
 
 
@@ -124,11 +182,14 @@ def _row(item, outcome: str, message: str | None, duration: float) -> dict:
     status = {"passed": "pass", "skipped": "skip"}.get(outcome)
     if status is None:  # failed: the target was missed (fail) or the check broke before measuring (error)
         status = "fail" if rec is not None and rec.value is not None and not target.passes(rec.value) else "error"
-    hw = f"{_ENV['cpu_threads']} CPU threads" + (f", {len(_ENV['gpus'])}x {_ENV['gpus'][0]}" if _ENV["gpus"] else "")
+    hw = f"{_ENV['cpu_threads']} CPU thread(s)" + (f", {len(_ENV['gpus'])}x {_ENV['gpus'][0]}" if _ENV["gpus"] else "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # speeds in this row were measured while other checks ran beside it
+        hw += f", {os.cpu_count()} cores shared by {workers} pytest-xdist workers"
     return {
         "milestone": milestone, "check": item.originalname, "profile": profile.name, "status": status,
         "metric": target.label(target_name), "direction": target.direction, "target": target.threshold,
-        "value": rec.value if rec else None, "data": rec.data if rec else None, "protocol": target.protocol,
+        "value": rec.value if rec else None, "data": rec.data if rec else None, "protocol": target.protocol_text(),
         "hardware": hw, "versions": {k: _ENV[k] for k in ("python", "torch", "transformers") if k in _ENV},
         "commit": _ENV["commit"], "duration_s": round(duration, 1), "message": message,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -175,6 +236,10 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def pytest_terminal_summary(terminalreporter, config):
+    counts_file = os.environ.get("LLM_MILESTONES_TEST_COUNTS")  # `python -m impl test` adds up its phases
+    if counts_file and not getattr(config, "workerinput", None):
+        stats = terminalreporter.stats
+        Path(counts_file).write_text(json.dumps({k: len(stats.get(k, [])) for k in ("passed", "failed", "skipped", "error")}))
     path = getattr(config, "_scorecard_path", None)
     if path:
         rows = json.loads(Path(path).read_text())["rows"]

@@ -15,6 +15,8 @@ import torch
 from impl import adapters
 from impl.core.profiles import load_profile
 
+pytestmark = pytest.mark.timing  # run alone on the cores (python -m impl test runs these last)
+
 W01 = load_profile("cpu").milestone("w01")
 VOCAB, BATCH = 4096, 32
 CFG = dict(vocab_size=VOCAB, context=W01.model.context, n_layer=W01.model.n_layer, n_head=W01.model.n_head,

@@ -8,12 +8,15 @@
     python -m impl train w07 --profile cpu    # LoRA and QLoRA instruction tuning, ROUGE-L before/after
     python -m impl train w09 --profile cpu    # quantise w07's model (int8, nf4) and measure it; one load test
     python -m impl serve --model DIR          # an OpenAI-compatible server on 127.0.0.1:8000 (see --help)
+    python -m impl calibrate w01 --profile cpu --seeds 0,1,2   # suggest thresholds for your machine
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
+    python -m impl test                       # the whole suite: fast tests + cpu checks, then the timing ones
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from impl.core.errors import MilestonesError
 from impl.core.registry import MILESTONES
@@ -103,6 +106,12 @@ def _train_w09(spec, runs, profile):
 TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05, "w07": _train_w07, "w09": _train_w09}
 
 
+def cmd_calibrate(args) -> int:
+    from impl.core.calibration import main_args
+
+    return main_args(args.milestone, args.profile, args.seeds, args.reuse_artifacts)
+
+
 def cmd_serve(args) -> int:
     import os
 
@@ -123,7 +132,54 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_test(args, passthrough: list[str]) -> int:
+    """The whole test suite in two phases. First everything whose result does not depend on speed, on all cores
+    (pytest-xdist, one worker per core, one thread each; a milestone's checks and a test module stay on one
+    worker); then the timing checks and the benchmarks alone on the machine, since a speed measured beside other
+    work is worthless. Exit status: the first failing phase's."""
+    import json
+    import os
+    import subprocess
+    import tempfile
+    import time
+
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    selected = f"({args.m}) and " if args.m else ""
+    phases = [
+        ("not timing, pytest-xdist" if workers > 1 else "not timing",
+         (["-n", str(workers), "--dist", "loadgroup", "--no-loadscope-reorder"] if workers > 1 else [])
+         + ["-m", f"{selected}not timing"]),
+        ("timing, alone on the cores", ["-m", f"{selected}timing"]),
+    ]
+    results = []
+    for name, opts in phases:
+        with tempfile.NamedTemporaryFile(suffix=".json") as counts:
+            env = {**os.environ, "LLM_MILESTONES_TEST_COUNTS": counts.name}
+            print(f"== python -m impl test: {name}: pytest {' '.join(opts + passthrough)}", flush=True)
+            t0 = time.monotonic()
+            rc = subprocess.run([sys.executable, "-m", "pytest", *opts, *passthrough], env=env).returncode
+            seconds = time.monotonic() - t0
+            text = open(counts.name).read()
+            results.append({"phase": name, "seconds": round(seconds), "rc": rc,
+                            "counts": json.loads(text) if text else {}})
+    total = {k: sum(r["counts"].get(k, 0) for r in results) for k in ("passed", "failed", "skipped", "error")}
+    if args.summary:
+        args.summary.parent.mkdir(parents=True, exist_ok=True)
+        args.summary.write_text(json.dumps({"phases": results, "total": total}, indent=1))
+    print("== python -m impl test: phases")
+    for r in results:
+        c = r["counts"]
+        print(f"{r['phase']:28} {r['seconds']:6d} s  rc {r['rc']}  {c.get('passed', 0)} passed, "
+              f"{c.get('failed', 0) + c.get('error', 0)} failed, {c.get('skipped', 0)} skipped")
+    print(f"tests: {total['passed']} passed, {total['failed'] + total['error']} failed, {total['skipped']} skipped")
+    codes = [r["rc"] for r in results]
+    if all(c == 5 for c in codes):
+        return 5  # nothing selected in either phase
+    return next((c for c in codes if c not in (0, 5)), 0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from impl.core.calibration import __doc__ as calibrate_doc
     from impl.w09_serve.server import __doc__ as serve_doc
 
     parser = argparse.ArgumentParser(prog="python -m impl", description=__doc__,
@@ -138,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--profile", required=True, help="profile name or YAML path")
     t.add_argument("--reuse-artifacts", action="store_true")
     t.set_defaults(func=cmd_train)
+    c = sub.add_parser("calibrate", help="run a milestone's checks over seeds and suggest each threshold",
+                       description=calibrate_doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("milestone", choices=list(MILESTONES), metavar="MILESTONE")
+    c.add_argument("--profile", required=True, help="profile name or YAML path")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    c.add_argument("--reuse-artifacts", action="store_true", help="reuse complete runs of the same seeded config")
+    c.set_defaults(func=cmd_calibrate)
     v = sub.add_parser("serve", help="serve a model over an OpenAI-compatible HTTP API",
                        description=serve_doc,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -155,9 +219,17 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--name", default=None, help="the model name clients send (default: --model)")
     v.set_defaults(func=cmd_serve)
     sub.add_parser("report", help="rebuild the scorecard from its JSON").set_defaults(func=cmd_report)
-    args = parser.parse_args(argv)
+    te = sub.add_parser("test", help="the whole test suite: what times nothing on all cores, then timing alone",
+                        description=cmd_test.__doc__)
+    te.add_argument("-m", default=None, help="a marker expression, combined with each phase's")
+    te.add_argument("--workers", type=int, default=None, help="pytest-xdist workers (default: one per core)")
+    te.add_argument("--summary", type=Path, default=None, help="also write the phases' times and counts as JSON")
+    te.set_defaults(func=cmd_test)
+    args, passthrough = parser.parse_known_args(argv)
+    if passthrough and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
     try:
-        return args.func(args)
+        return args.func(args, passthrough) if args.command == "test" else args.func(args)
     except KeyboardInterrupt:
         print("interrupted; an unfinished run resumes from its last checkpoint next time", file=sys.stderr)
         return 130

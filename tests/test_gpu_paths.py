@@ -15,6 +15,7 @@ def shrunk(profile: str, local_dir, **train):
                     train={"steps": 3, "batch_size": 4, "warmup_steps": 1, "log_every": 1, **train})
 
 
+@pytest.mark.gpu_smoke
 def test_gpu1_path_wikitext_format_gpt2_tokenizer_bf16(wikitext_like_dir, tmp_runs):
     spec = shrunk("gpu1", wikitext_like_dir)
     assert spec.train.precision == "bf16" and spec.tokenizer.kind == "gpt2" and spec.data.source == "hub"
@@ -24,6 +25,7 @@ def test_gpu1_path_wikitext_format_gpt2_tokenizer_bf16(wikitext_like_dir, tmp_ru
     assert "wikitext-2-raw-v1" in m["data"] and "train/validation" in m["data"]
 
 
+@pytest.mark.gpu_smoke
 def test_gpu2_path_ddp_under_torchrun_and_its_parity_check(wikitext_like_dir, tmp_runs):
     spec = shrunk("gpu2", wikitext_like_dir)
     assert spec.train.nproc == 2

@@ -110,6 +110,7 @@ GPU1 = load_profile("gpu1").milestone("w03")
 SMALL_TRAIN = {"steps": 2, "batch_size": 4, "warmup_steps": 1, "log_every": 1}
 
 
+@pytest.mark.gpu_smoke
 def test_gpu1_classifier_path_on_imdb_format_with_bf16(imdb_like_dir, tmp_path, runs):
     assert GPU1.classifier.train.precision == "bf16" and GPU1.classifier.data.source == "hub"
     spec = override(GPU1, classifier=dict(model=str(_tiny_bert_dir(tmp_path / "bert")), max_length=32,
@@ -120,6 +121,7 @@ def test_gpu1_classifier_path_on_imdb_format_with_bf16(imdb_like_dir, tmp_path, 
     assert n_train + n_val == 120 and n_val > 0 and n_test == 40 and "imdb" in m["data"]
 
 
+@pytest.mark.gpu_smoke
 def test_gpu1_causal_lm_path_on_writingprompts_format(writingprompts_like_dir, tmp_path, runs):
     spec = override(GPU1, clm=dict(model=str(_tiny_gpt2_dir(tmp_path / "gpt2")), block_size=32, eval_tokens=256,
                         data={"local_dir": str(writingprompts_like_dir)}, train=SMALL_TRAIN,
@@ -129,6 +131,7 @@ def test_gpu1_causal_lm_path_on_writingprompts_format(writingprompts_like_dir, t
     assert "writingprompts" in m["data"] and "prompt+story" in m["data"]
 
 
+@pytest.mark.gpu_smoke
 def test_gpu1_mlm_path_on_wikitext_format(wikitext_like_dir, runs):
     spec = override(GPU1, mlm=dict(vocab_size=500, n_layer=1, n_embd=32, n_head=2, seq_len=32, eval_sequences=16,
                         max_train_sequences=64, data={"local_dir": str(wikitext_like_dir)}, train=SMALL_TRAIN))

@@ -76,6 +76,7 @@ def _shrunk(profile: str, local_dir) -> W05Spec:
                     **({"compare": {"steps": 2, "stages": [2, 3]}} if gpu.compare else {}))
 
 
+@pytest.mark.gpu_smoke
 def test_gpu1_path_runs_here_shrunk_with_bf16_on_openwebtext_format(openwebtext_like_dir, runs):
     spec = _shrunk("gpu1", openwebtext_like_dir)
     assert spec.train.precision == "bf16" and spec.train.zero_stage == 2 and spec.tokenizer.kind == "gpt2"
@@ -89,6 +90,7 @@ def test_gpu1_path_runs_here_shrunk_with_bf16_on_openwebtext_format(openwebtext_
     assert "openwebtext" in m["data"] and "first 40 documents" in m["data"]
 
 
+@pytest.mark.gpu_smoke
 def test_gpu2_path_runs_here_shrunk_and_compares_with_ddp(openwebtext_like_dir, runs):
     spec = _shrunk("gpu2", openwebtext_like_dir)
     m = adapters.w05_train(spec, runs).metrics

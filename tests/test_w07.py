@@ -42,6 +42,33 @@ def test_learning_rate_zero_fails_the_cpu_qlora_target_on_fewer_examples(runs):
     assert not target.passes(target.checked_value(m["rougeL_after"], {"before_tuning": m["rougeL_before"]}))
 
 
+def test_a_4bit_model_keeps_its_training_layout_after_an_inference_forward():
+    """bitsandbytes repacks 4-bit weights for inference on CPUs with AVX512-BF16, after which training gets wrong
+    gradients (the lr-0 twin above saw the outputs move; QLoRA lost ROUGE-L). The loader keeps the plain layout:
+    a QLoRA step after the "before" generation computes the same gradients as on a fresh model."""
+    import torch
+
+    from impl.core.hf import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer("fixture:smollm2")
+    enc = tok(["Name a fruit: apple, banana and"], return_tensors="pt")
+
+    def input_grad(model):
+        emb = model.get_input_embeddings()(enc["input_ids"]).detach().requires_grad_()
+        model.train()
+        model(inputs_embeds=emb, labels=enc["input_ids"]).loss.backward()
+        return emb.grad
+
+    fresh = input_grad(load_causal_lm("fixture:smollm2", "nf4", torch.float32))
+    used = load_causal_lm("fixture:smollm2", "nf4", torch.float32)
+    used.eval()
+    with torch.no_grad():
+        used(**enc)  # what generating "before" does first
+    assert not any(getattr(getattr(m.weight, "quant_state", None), "packing_format_for_cpu", False)
+                   for m in used.modules() if hasattr(m, "weight"))
+    assert torch.equal(input_grad(used), fresh)
+
+
 # --- the gpu1 path, shrunk -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def base_model_without_chat_template(tmp_path_factory):
@@ -62,6 +89,7 @@ def base_model_without_chat_template(tmp_path_factory):
     return out
 
 
+@pytest.mark.gpu_smoke
 def test_gpu1_qlora_path_runs_here_shrunk(alpaca_like_dir, base_model_without_chat_template, runs):
     gpu1 = load_profile("gpu1").milestone("w07")
     assert gpu1.train.precision == "bf16" and gpu1.gradient_checkpointing and gpu1.data.source == "hub"

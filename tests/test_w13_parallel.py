@@ -161,6 +161,7 @@ def test_the_analysis_is_computed_from_the_numbers():
     assert adapters.w13_analysis(_fake("tp"), None).count("Pipeline bubble") == 0
 
 
+@pytest.mark.gpu_smoke
 def test_gpu2_profile_path_runs_here_shrunk(runs):
     """The gpu2 spec (its schedule, micro-batches, steps) with the model and batch shrunk, on 2 gloo processes."""
     from impl.core.profiles import load_profile, override

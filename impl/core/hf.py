@@ -108,8 +108,24 @@ def load_causal_lm(ref: str, quantization: str = "none", dtype=None):
                                bnb_4bit_compute_dtype=dtype)
     else:
         raise ValueError(f"quantization must be 'none', 'int8' or 'nf4'; got {quantization!r}")
-    return load_model(AutoModelForCausalLM, ref, dtype=dtype, quantization_config=q,
-                      device_map={"": dev.index or 0} if dev.type == "cuda" else "cpu")
+    model = load_model(AutoModelForCausalLM, ref, dtype=dtype, quantization_config=q,
+                       device_map={"": dev.index or 0} if dev.type == "cuda" else "cpu")
+    if quantization == "nf4" and dev.type == "cpu":
+        keep_4bit_weights_in_their_training_layout(model)
+    return model
+
+
+def keep_4bit_weights_in_their_training_layout(model) -> int:
+    """bitsandbytes (0.50) repacks a 4-bit layer's weights at its first inference forward on CPUs with AVX512-BF16
+    (and computes it in bf16 from then on); a training forward after that gets wrong gradients: QLoRA tuned after
+    the "before" generation lost ROUGE-L instead of gaining it, and the fp32-compute protocol was not what ran.
+    Keep every 4-bit layer on the plain kernel, as on CPUs without AVX512-BF16. Returns the layers changed."""
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def training_arguments(train: HFTrainSpec, out_dir: Path, progress: bool = True, cls=None, **overrides):

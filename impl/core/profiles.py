@@ -133,6 +133,18 @@ def override(spec: BaseModel, **sections: dict) -> BaseModel:
     return type(spec).model_validate(d)
 
 
+def with_seed(spec: BaseModel, seed: int) -> BaseModel:
+    """A validated copy of a milestone spec with every `seed` field (train, stories, parity ...) set to `seed`."""
+    def reseed(node):
+        if isinstance(node, dict):
+            return {k: (seed if k == "seed" and isinstance(v, int) else reseed(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [reseed(v) for v in node]
+        return node
+
+    return type(spec).model_validate(reseed(spec.model_dump()))
+
+
 def deep_merge(into: dict, fields: dict) -> None:
     """Write `fields` into `into`; where both hold a mapping at the same key, merge it key by key."""
     for key, value in fields.items():

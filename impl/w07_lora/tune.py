@@ -110,6 +110,11 @@ def run(spec: W07Spec, variant: str, run_dir: Path, progress: bool = False) -> R
                               gradient_checkpointing=spec.gradient_checkpointing)
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, processing_class=tok,
                          callbacks=[JsonlLog(run_dir / "train_log.jsonl")])
+    if quantize:  # TRL casts a quantised model's adapters to bf16 (the QLoRA paper's choice); train them in the
+        # profile's precision instead: on the cpu profile bf16 adapters lose the small fp32 updates (and run slowly)
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(dtype)
     reset_peak_memory(device())
     t0 = time.perf_counter()
     trainer.train()

@@ -115,50 +115,62 @@ def running_server(model: str, serve: ServeSpec, log: Path, api_key: str | None 
         stop(process)
 
 
-def _number(row: dict, key: str) -> float:
-    try:
-        return float(row[key])
-    except (KeyError, TypeError, ValueError):
-        return math.nan  # locust writes N/A when nothing completed
+def window_numbers(log: list[dict], duration_s: float, min_successful: int) -> dict:
+    """The load test's numbers from its request log, as the protocol states them: latency over successful
+    requests only; requests/s = successful requests completed inside the window / the window. Fewer than
+    `min_successful` successes leave the latencies NaN (a target never passes NaN), since a mean of nothing,
+    or of two requests, is no latency of a server under load."""
+    import numpy as np
+
+    start = min((r["start"] for r in log), default=0.0)
+    end = start + duration_s
+    ok = [r["latency_ms"] for r in log if r["ok"] and r["start"] + r["latency_ms"] / 1000 <= end]
+    failed = [r for r in log if not r["ok"]]
+    enough = len(ok) >= min_successful
+    pct = (lambda q: float(np.percentile(ok, q))) if enough else (lambda q: math.nan)
+    return {
+        "requests": len(log), "successful_requests": len(ok), "failed_requests": len(failed),
+        "requests_per_s": len(ok) / duration_s,
+        "mean_latency_ms": float(np.mean(ok)) if enough else math.nan,
+        "p50_latency_ms": pct(50), "p95_latency_ms": pct(95), "p99_latency_ms": pct(99),
+        "max_latency_ms": max(ok) if enough else math.nan, "enough_successful_requests": enough,
+        "min_successful_requests": min_successful,
+    }
 
 
 def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_key: str | None = None,
                model_name: str | None = None) -> dict:
-    """locust headless with the protocol of `load`; the aggregated numbers of its CSV."""
+    """locust headless with the protocol of `load`; the numbers of its request log over the window."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "prompts.json").write_text(json.dumps(prompts[:load.prompts]))
     prefix = out_dir / "locust"
+    request_log = out_dir / "requests.jsonl"
+    request_log.unlink(missing_ok=True)
     env = {**os.environ, "W09_PROMPTS": str(out_dir / "prompts.json"), "W09_MAX_TOKENS": str(load.max_tokens),
-           "W09_ENDPOINT": load.endpoint, "W09_API_KEY": api_key or "",
+           "W09_ENDPOINT": load.endpoint, "W09_API_KEY": api_key or "", "W09_REQUEST_LOG": str(request_log),
            "W09_IGNORE_EOS": "1" if load.fixed_output_length else "0", "W09_MODEL": model_name or ""}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(load.users),
            "-r", str(load.spawn_rate), "-t", f"{load.duration_s}s", "--host", url, "--csv", str(prefix),
            "--only-summary", "--loglevel", "WARNING"]
-    try:  # locust exits 1 when a request failed: that is a result, read from the CSV
+    try:  # locust exits 1 when a request failed: that is a result, read from the log
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=load.duration_s + 120)
     except subprocess.TimeoutExpired:
         raise LoadTestError(f"locust did not finish within {load.duration_s + 120} s") from None
     (out_dir / "locust.log").write_text(p.stdout + p.stderr)
-    stats = prefix.with_name("locust_stats.csv")
-    if not stats.exists():
-        raise LoadTestError(f"locust wrote no {stats.name} (exit code {p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
-    rows = {r["Name"]: r for r in csv.DictReader(open(stats))}
-    total = rows.get("Aggregated")
-    if total is None:
-        raise LoadTestError(f"{stats}: no Aggregated row (rows: {list(rows)})")
-    failures = []
+    if not prefix.with_name("locust_stats.csv").exists():
+        raise LoadTestError(f"locust did not run (exit code {p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
+    log = [json.loads(line) for line in request_log.read_text().splitlines()] if request_log.exists() else []
     failures_csv = prefix.with_name("locust_failures.csv")
-    if failures_csv.exists():
-        failures = [f"{r['Occurrences']}x {r['Error']}" for r in csv.DictReader(open(failures_csv))]
+    failures = [f"{r['Occurrences']}x {r['Error']}" for r in csv.DictReader(open(failures_csv))] \
+        if failures_csv.exists() else []
     return {
-        "requests": int(_number(total, "Request Count")), "failed_requests": int(_number(total, "Failure Count")),
-        "mean_latency_ms": _number(total, "Average Response Time"), "p50_latency_ms": _number(total, "50%"),
-        "p95_latency_ms": _number(total, "95%"), "p99_latency_ms": _number(total, "99%"),
-        "max_latency_ms": _number(total, "Max Response Time"), "requests_per_s": _number(total, "Requests/s"),
-        "failures": failures, "csv": str(stats),
+        **window_numbers(log, load.duration_s, load.min_successful_requests), "failures": failures,
+        "csv": str(prefix.with_name("locust_stats.csv")), "request_log": str(request_log),
         "protocol": f"locust headless, {load.users} users spawned at {load.spawn_rate:g}/s, {load.duration_s} s, no "
                     f"think time; {load.endpoint}, {min(load.prompts, len(prompts))} prompts in turn, max_tokens "
-                    f"{load.max_tokens}{' exactly (ignore_eos)' if load.fixed_output_length else ''}, greedy, not streamed",
+                    f"{load.max_tokens}{' exactly (ignore_eos)' if load.fixed_output_length else ''}, greedy, not "
+                    f"streamed; latency over successful requests, requests/s = successful requests completed in "
+                    f"the {load.duration_s} s window / {load.duration_s} s",
     }
 
 

@@ -3,11 +3,15 @@
     W09_PROMPTS=prompts.json W09_MAX_TOKENS=16 W09_IGNORE_EOS=1 W09_ENDPOINT=/v1/chat/completions W09_API_KEY=... \
         locust -f impl/w09_serve/locustfile.py --headless -u 8 -r 8 -t 10s --host http://127.0.0.1:8000 --csv out
 
-A request counts as failed unless it answers 200 with a JSON body holding one choice with text.
+A request counts as failed unless it answers 200 with a JSON body holding one choice with text. With
+W09_REQUEST_LOG set, every finished request is appended there (start time, latency, ok): the suite computes its
+numbers from that log, over successful requests and the stated window, instead of locust's aggregate (which
+averages failed requests in and divides by the time to the last request).
 """
 import itertools
 import json
 import os
+import time
 
 from locust import HttpUser, constant, task
 
@@ -18,6 +22,12 @@ KEY = os.environ.get("W09_API_KEY")
 MODEL = os.environ.get("W09_MODEL")  # the served model's name (vLLM's server routes by it)
 IGNORE_EOS = os.environ.get("W09_IGNORE_EOS") == "1"  # every answer exactly MAX_TOKENS long
 _next = itertools.cycle(range(len(PROMPTS)))  # shared by the users of this process: every prompt in turn
+_log = open(os.environ["W09_REQUEST_LOG"], "a", buffering=1) if os.environ.get("W09_REQUEST_LOG") else None
+
+
+def _record(start: float, ok: bool, why: str = "") -> None:
+    if _log:
+        _log.write(json.dumps({"start": start, "latency_ms": (time.time() - start) * 1000, "ok": ok, "why": why}) + "\n")
 
 
 class Client(HttpUser):
@@ -36,17 +46,21 @@ class Client(HttpUser):
         else:
             body["prompt"] = prompt
         headers = {"Authorization": f"Bearer {KEY}"} if KEY else {}
+        start = time.time()
         with self.client.post(ENDPOINT, json=body, headers=headers, name=ENDPOINT, catch_response=True) as r:
+            why = ""
             if r.status_code != 200:
-                r.failure(f"HTTP {r.status_code}: {r.text[:200]}")
-                return
-            try:
-                choice = r.json()["choices"][0]
-                text = choice["message"]["content"] if "message" in choice else choice["text"]
-            except (ValueError, KeyError, IndexError, TypeError):
-                r.failure(f"not an OpenAI completion: {r.text[:200]}")
-                return
-            if not isinstance(text, str):
-                r.failure("choice without text")
+                why = f"HTTP {r.status_code}: {r.text[:200]}"
+            else:
+                try:
+                    choice = r.json()["choices"][0]
+                    text = choice["message"]["content"] if "message" in choice else choice["text"]
+                    if not isinstance(text, str):
+                        why = "choice without text"
+                except (ValueError, KeyError, IndexError, TypeError):
+                    why = f"not an OpenAI completion: {r.text[:200]}"
+            _record(start, not why, why)
+            if why:
+                r.failure(why)
             else:
                 r.success()

@@ -39,8 +39,18 @@ def quantization(spec: W09Spec, model: str, runs: Runs, sabotage_bits: int | Non
 
 
 def serve_under_load(spec: W09Spec, model: str, out_dir: Path, max_batch_size: int | None = None) -> dict:
-    """Start the server with the profile's settings (or another batch limit), put the load on it, stop it."""
+    """Start the server with the profile's settings (or another batch limit), put the load on it, stop it; then,
+    when the protocol names a reference, the same for the same server taking one request at a time."""
     serve = spec.serve.model_copy(update={"max_batch_size": max_batch_size}) if max_batch_size else spec.serve
+    result = _one_load(spec, serve, model, out_dir)
+    if spec.load.reference == "one_at_a_time":
+        result["reference"] = _one_load(spec, spec.serve.model_copy(update={"max_batch_size": 1}), model,
+                                        out_dir / "one_at_a_time")
+    write_json(out_dir / "load.json", result)
+    return result
+
+
+def _one_load(spec: W09Spec, serve, model: str, out_dir: Path) -> dict:
     prompts = [e.prompt()[0]["content"] for e in held_out(spec).eval]
     key = secrets.token_hex(16)  # the load test authenticates like a client of a protected server
     with load_test.running_server(model, serve, out_dir / "server.log", api_key=key, name="w09") as server:
@@ -49,5 +59,4 @@ def serve_under_load(spec: W09Spec, model: str, out_dir: Path, max_batch_size: i
     result.update({"backend": serve.backend, "served_quantization": serve.quantization, "dtype": serve.dtype,
                    "max_batch_size": serve.max_batch_size, "batch_wait_ms": serve.batch_wait_ms,
                    "ttft": "n/a: requests are not streamed"})
-    write_json(out_dir / "load.json", result)
     return result

@@ -81,6 +81,11 @@ class LoadSpec(Strict):
     fixed_output_length: bool = True  # ignore_eos: every answer max_tokens long, whatever the model would say
     prompts: int = 16
     endpoint: Literal["/v1/chat/completions", "/v1/completions"] = "/v1/chat/completions"
+    # fewer successful requests than this inside the window: no latency is reported (NaN fails every target)
+    min_successful_requests: int = 8
+    # a reference measured in the same run on the same cores, for targets relative to it (cpu: a machine 15%
+    # slower must not fail a correct server): the same server taking one request at a time
+    reference: Literal["none", "one_at_a_time"] = "none"
 
 
 class W09Spec(Strict):
@@ -96,6 +101,9 @@ class W09Spec(Strict):
         if self.load.max_tokens > self.serve.max_tokens_limit:
             raise ValueError(f"load.max_tokens {self.load.max_tokens} exceeds serve.max_tokens_limit "
                              f"{self.serve.max_tokens_limit}: every request of the load test would be refused")
+        for name, target in self.targets.items():
+            if "one_at_a_time" in target.baselines and self.load.reference != "one_at_a_time":
+                raise ValueError(f"target {name} is relative to one_at_a_time: set load.reference: one_at_a_time")
         for name in self.targets:
             if name.endswith(("_ppl", "_memory")) and name.split("_")[0] not in self.quantize.variants:
                 raise ValueError(f"target {name} needs {name.split('_')[0]!r} in quantize.variants")
