@@ -171,7 +171,7 @@ def scorecard(spec, request):
 _ENV = None
 
 
-def _row(item, outcome: str, message: str | None, duration: float) -> dict:
+def _row(item, outcome: str, message: str | None, duration: float, requirement_failed: bool = False) -> dict:
     global _ENV
     _ENV = _ENV or environment()
     mark = item.get_closest_marker("check")
@@ -180,8 +180,9 @@ def _row(item, outcome: str, message: str | None, duration: float) -> dict:
     target = profile.milestone(milestone).targets[target_name]
     rec: Scorecard | None = getattr(item, "_scorecard", None)
     status = {"passed": "pass", "skipped": "skip"}.get(outcome)
-    if status is None:  # failed: the target was missed (fail) or the check broke before measuring (error)
-        status = "fail" if rec is not None and rec.value is not None and not target.passes(rec.value) else "error"
+    if status is None:  # failed: the target or a requirement of the check was missed (fail), or it broke (error)
+        measured = rec is not None and rec.value is not None
+        status = "fail" if measured and (requirement_failed or not target.passes(rec.value)) else "error"
     hw = f"{_ENV['cpu_threads']} CPU thread(s)" + (f", {len(_ENV['gpus'])}x {_ENV['gpus'][0]}" if _ENV["gpus"] else "")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:  # speeds in this row were measured while other checks ran beside it
@@ -213,7 +214,9 @@ def pytest_runtest_makereport(item, call):
             message = str(call.excinfo.value)[:2000] if call.excinfo else report.longreprtext[-2000:]
         elif report.skipped:
             message = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        row = _row(item, report.outcome, message, item._durations)
+        requirement_failed = report.when == "call" and call.excinfo is not None and \
+            call.excinfo.errisinstance(AssertionError)  # an assert of the check itself, after it measured
+        row = _row(item, report.outcome, message, item._durations, requirement_failed)
         rows = item.config._reports / ROWS_DIR / item.config._session_id
         rows.mkdir(parents=True, exist_ok=True)
         with open(rows / f"{item.config._worker}.jsonl", "a") as f:

@@ -33,7 +33,6 @@ def test_fine_tuned_gpt_lowers_validation_perplexity_and_writes_five_stories(spe
     for seeded in scorecard.each_seed(spec):
         result = adapters.w03_clm(seeded, runs, progress=True)
         m = result.metrics
-        assert len(m["stories"]) >= 5 and all(s["story"].strip() for s in m["stories"]), m["stories"]
         stories = "\n\n".join(f"[{i}] prompt: {s['prompt']!r}\n{s['prompt']} {s['story']}"
                                for i, s in enumerate(m["stories"], 1))
         scorecard.check(
@@ -44,6 +43,8 @@ def test_fine_tuned_gpt_lowers_validation_perplexity_and_writes_five_stories(spe
             train_tokens_per_s=m["train_tokens_per_s"], decoding=m["decoding"], stories=stories,
             artifacts=str(result.run_dir), reused_artifact=result.reused,
         )
+        # part of the check: a missing story fails the row (FAIL, with this message), though the ppl passed
+        assert len(m["stories"]) >= 5 and all(s["story"].strip() for s in m["stories"]), m["stories"]
 
 
 @pytest.mark.check("w03", target="mlm_accuracy")

@@ -63,13 +63,14 @@ def w05_train(spec, runs: Runs, gpu_hour_usd: float | None = None) -> RunResult:
     return run.train(spec, runs, gpu_hour_usd=gpu_hour_usd)
 
 
-def w05_compare(spec, runs: Runs, same_shard: bool = False) -> dict:
+def w05_compare(spec, runs: Runs, same_shard: bool = False, unpartitioned: bool = False) -> dict:
     """Plain DDP and ZeRO at each of `compare.stages` for `compare.steps` steps, same seed and global batch:
     zero2_ddp_max_loss_diff, optimizer_state_ratio (ZeRO-2 / DDP bytes per rank) and every run's numbers.
-    `same_shard` (a sabotage twin): the ZeRO-2 ranks all train on rank 0's slice of the batch."""
+    Sabotage twins: `same_shard`, the ZeRO-2 ranks all train on rank 0's slice of the batch; `unpartitioned`,
+    stage 0 runs where ZeRO-2 should."""
     from impl.w05_deepspeed import run
 
-    return run.compare(spec, runs, same_shard=same_shard)
+    return run.compare(spec, runs, same_shard=same_shard, unpartitioned=unpartitioned)
 
 
 def w05_stage_table(comparison: dict, gpu_hour_usd: float | None = None) -> str:

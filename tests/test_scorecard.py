@@ -109,3 +109,28 @@ def test_an_interrupted_session_still_writes_the_scorecard(tmp_path):
     assert p.returncode == 2, out  # pytest's "interrupted"
     statuses = [r["status"] for r in _rows(tmp_path) if r["profile"] == "tiny"]
     assert statuses == ["pass"]
+
+
+def test_a_requirement_of_the_check_missed_after_measuring_is_a_fail_row_not_an_error(tmp_path):
+    """w03's five stories, ZeRO-2's partitions adding up: asserted after `scorecard.check`, they are part of the
+    check, so missing one is FAIL with its message, even though the recorded value passes its target."""
+    (tmp_path / "test_requirement.py").write_text(
+        "import pytest\n\n\n"
+        "@pytest.mark.check('w01', target='val_ppl')\n"
+        "def test_measures_then_misses_a_requirement(spec, scorecard):\n"
+        "    scorecard.check(100.0, data='d')\n"
+        "    assert 3 >= 5, 'only 3 stories'\n\n\n"
+        "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
+        "def test_breaks_after_measuring(spec, scorecard):\n"
+        "    scorecard.check(1e-6, data='d')\n"
+        "    raise RuntimeError('the report could not be written')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_requirement.py"), "-p", "conftest",
+                        "--rootdir", str(tmp_path), "--profile", str(TINY), "--reports-dir", str(tmp_path / "reports"),
+                        "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1, p.stdout + p.stderr
+    rows = {r["check"]: r for r in _rows(tmp_path) if r["profile"] == "tiny"}
+    missed = rows["test_measures_then_misses_a_requirement"]
+    assert missed["status"] == "fail" and missed["value"] == 100.0 and "only 3 stories" in missed["message"]
+    assert rows["test_breaks_after_measuring"]["status"] == "error"

@@ -114,6 +114,19 @@ def test_held_out_examples_are_fixed_and_never_trained_on():
     assert len({e.id.split("/")[0] for e in a.eval}) > 1  # several subtasks in the held-out set
 
 
+def test_examples_longer_than_max_length_are_dropped_not_truncated():
+    from impl.w07_lora.data import Example
+    from impl.w07_lora.tune import _train_dataset, chat_tokens, tokenizer_for
+
+    tok = tokenizer_for(CPU)
+    short = Example("a/1", "Name a fruit.", "", ["apple"])
+    long = Example("a/2", "Summarise.", " ".join(["word"] * 300), ["a summary"])
+    assert chat_tokens(tok, long.prompt() + long.completion()) > CPU.max_length > \
+        chat_tokens(tok, short.prompt() + short.completion()) > 5
+    kept = _train_dataset([short, long], tok, CPU.max_length)
+    assert [r["completion"][0]["content"] for r in kept] == ["apple"]
+
+
 def test_rouge_l_is_the_best_reference_lcs_f_measure():
     m = load_metric("rouge")
     r = m.compute(predictions=["the cat sat on the mat", "hello"], references=[["a cat sat on a mat", "dogs"], ["bye"]])

@@ -13,6 +13,7 @@ import pytest
 
 from impl import adapters
 from impl.core.artifacts import Runs
+from impl.core.errors import MilestonesError
 from impl.core.fixtures import fixture_path
 from impl.core.profiles import ProfileError, load_profile, override
 from impl.w09_serve import load as load_test
@@ -306,6 +307,22 @@ def test_requests_per_second_counts_successes_inside_the_stated_window():
     assert r["failed_requests"] == 1 and r["mean_latency_ms"] == pytest.approx(2500.0)  # the failure is not averaged in
     few = load_test.window_numbers(log[:2], duration_s=10, min_successful=4)
     assert few["mean_latency_ms"] != few["mean_latency_ms"] and few["requests_per_s"] == pytest.approx(0.2)
+
+
+def test_w09_refuses_instructions_that_are_not_w07s_held_out_examples(tmp_path):
+    """w09 scores w07's model on "held-out" examples: if its data section drifts from w07's, some of them may be
+    w07's training examples. Refused before anything trains."""
+    import yaml
+
+    raw = yaml.safe_load(open(load_profile("cpu").path))
+    raw["name"] = "drifted"
+    raw["milestones"]["w09"]["instructions"] = {**raw["milestones"]["w09"]["instructions"], "eval_examples": 12}
+    path = tmp_path / "drifted.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    profile = load_profile(path)
+    with pytest.raises(MilestonesError, match="not w07's held-out examples .*in w07's training set"):
+        adapters.w09_model(profile.milestone("w09"), profile, Runs("w09", "drifted", root=tmp_path))
+    assert not (tmp_path / "w07").exists()
 
 
 # --- lifecycle and bad input ---------------------------------------------------------------------------------

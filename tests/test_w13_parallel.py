@@ -8,14 +8,15 @@ from pydantic import ValidationError
 from impl import adapters
 from impl.core.artifacts import Runs
 from impl.core.distributed import DistributedError
+from impl.core.profiles import load_profile
 from impl.w13_parallel.spec import W13Spec
 
-TARGET = {"direction": "lower", "threshold": 1.0e-6,  # as the cpu profile
-          "protocol": "toy: max |grad(1 process) - grad(2 gloo processes)| on one batch of 8 x 16 random tokens"}
+CPU = load_profile("cpu").milestone("w13")  # the twins run its spec and judge by its targets, unshrunk (~15 s each)
 TINY = {"model": {"n_layer": 2, "n_head": 4, "n_embd": 32, "context": 16, "vocab_size": 64},
         "parity": {"steps": 3, "batch_size": 8, "seq_len": 16, "lr": 1.0e-3, "seed": 0, "nproc": 2,
                    "micro_batches": 4, "timed_steps": 3},
-        "targets": {"tp_max_grad_diff": TARGET, "pp_max_grad_diff": TARGET}}
+        "targets": {name: {**t.model_dump(), "protocol": "toy: 8 x 16 random tokens, 2 gloo processes"}
+                    for name, t in CPU.targets.items()}}
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +68,22 @@ def test_pipeline_parallel_matches_one_process(spec, pp_result):
     assert r["tokens_per_s"] > 0 and r["scaling_efficiency"] > 0
 
 
-def test_tensor_parallel_without_the_row_parallel_all_reduce_fails_parity(spec, runs, tp_result):
-    """Sabotage twin: each rank keeps its partial sums after the attention and MLP output projections."""
-    r = adapters.w13_parallel(spec, runs, "tp", sabotage=True, timeout_s=600)
+def test_tensor_parallel_without_the_row_parallel_all_reduce_fails_the_cpu_parity_target(runs):
+    """Sabotage twin, on the cpu profile's own spec and target: each rank keeps its partial sums after the
+    attention and MLP output projections (measured 0.11 against the target 1e-6)."""
+    r = adapters.w13_parallel(CPU, runs, "tp", sabotage=True, timeout_s=600)
     assert r["sabotage"]
-    assert not spec.targets["tp_max_grad_diff"].passes(r["max_grad_diff"])
-    assert r["max_grad_diff"] > 100 * tp_result["max_grad_diff"]
+    assert not CPU.targets["tp_max_grad_diff"].passes(r["max_grad_diff"])
+    assert r["max_grad_diff"] > 1000 * CPU.targets["tp_max_grad_diff"].threshold
     assert r["comm"]["bytes_per_step_counted"] == r["comm"]["bytes_per_step"] / 2  # only the backward ones left
 
 
-def test_pipeline_without_the_tied_embedding_gradient_sum_fails_parity(spec, runs, pp_result):
-    """Sabotage twin: the embedding copy on stage 0 misses the LM head's part of the tied gradient."""
-    r = adapters.w13_parallel(spec, runs, "pp", sabotage=True, timeout_s=600)
-    assert not spec.targets["pp_max_grad_diff"].passes(r["max_grad_diff"])
-    assert r["max_grad_diff"] > 100 * pp_result["max_grad_diff"]
+def test_pipeline_without_the_tied_embedding_gradient_sum_fails_the_cpu_parity_target(runs):
+    """Sabotage twin, on the cpu profile's own spec and target: the embedding copy on stage 0 misses the LM head's
+    part of the tied gradient (measured 6.7e-3 against the target 1e-6)."""
+    r = adapters.w13_parallel(CPU, runs, "pp", sabotage=True, timeout_s=600)
+    assert not CPU.targets["pp_max_grad_diff"].passes(r["max_grad_diff"])
+    assert r["max_grad_diff"] > 1000 * CPU.targets["pp_max_grad_diff"].threshold
 
 
 def test_a_failing_rank_raises_with_the_ranks_output(spec, runs):
@@ -90,8 +93,22 @@ def test_a_failing_rank_raises_with_the_ranks_output(spec, runs):
 
 
 def test_a_hung_rank_is_killed_at_the_time_out(spec, runs):
+    """torchrun starts each rank in a session of its own: the hung rank must be gone too, not only torchrun."""
+    from pathlib import Path
+
     with pytest.raises(DistributedError, match="timed out after 30 s"):
         adapters.w13_parallel(spec, runs, "pp", inject_fault="hang", timeout_s=30)
+
+    def cmdline(p):
+        try:
+            return p.read_bytes()
+        except OSError:
+            return b""
+
+    ours = str(runs.root).encode()  # this session's runs only: another suite may be running on the machine
+    left = [p.parent.name for p in Path("/proc").glob("[0-9]*/cmdline")
+            if b"--inject-fault\x00hang" in cmdline(p) and ours in cmdline(p)]
+    assert not left, f"ranks left running: {left}"
 
 
 @pytest.mark.parametrize("change, message", [

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -47,17 +48,48 @@ def torchrun(module: str, args: list[str], nproc: int, timeout_s: float, log_pat
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
             raise DistributedError(f"{' '.join(cmd)} timed out after {timeout_s:.0f} s; output:\n{_tail(log_path)}") from None
         except BaseException:  # interrupted: never leave ranks behind
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
             raise
     if rc != 0:
         raise DistributedError(f"{' '.join(cmd)} exited with {rc}; output:\n{_tail(log_path)}")
     if expect is not None and not expect.exists():
         raise DistributedError(f"{' '.join(cmd)} exited cleanly but wrote no {expect}; output:\n{_tail(log_path)}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, from /proc (Linux): torchrun starts each rank in a session of its own, so killing
+    torchrun's process group leaves a hung rank running."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launcher, its process group and every process below it, whatever session they started."""
+    below = descendants(proc.pid)  # before the launcher dies and its children move to init
+    for pid in below:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -79,6 +111,15 @@ def init_from_env() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def leave() -> None:
+    """End a torchrun rank after its work (results written, process group destroyed) without the interpreter's
+    finalisation: with torch 2.13's gloo about one 2-rank run in ten aborted there ("terminate called without an
+    active exception", no Python frame; w05 and w13 both), failing a run that had finished."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -90,8 +131,9 @@ def reset_peak_memory(device: torch.device) -> None:
         return
     try:  # Linux: writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass  # then the peak covers the whole process lifetime
+    except OSError as e:  # not Linux, or a read-only /proc: say so, since the number then means something else
+        warnings.warn(f"cannot reset the peak RSS ({e}): peak memory covers the whole process, not this step",
+                      RuntimeWarning, stacklevel=2)
 
 
 def peak_memory_mb(device: torch.device) -> float:

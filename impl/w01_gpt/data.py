@@ -5,6 +5,7 @@ the batch of every step is known in advance: a resumed run and a DDP run see exa
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from impl.core.artifacts import config_hash
+from impl.core.corpora import DataError
 from impl.core.fixtures import cache_dir, fixture_path
 from impl.w01_gpt.spec import DataSpec, TokenizerSpec
 
@@ -86,7 +88,10 @@ def prepare(data: DataSpec, tokenizer: TokenizerSpec) -> TokenData:
             "val_bytes": val_bytes, "vocab_size": len(tok), "description": splits.description}))
         try:
             tmp.rename(out)
-        except OSError:  # another process finished first: its copy is identical
+        except OSError as e:
+            # another process finished first (the target exists and is not empty): its copy is identical
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (out / "meta.json").exists():
+                raise DataError(f"cannot move the token cache {tmp} to {out}: {e}") from e
             shutil.rmtree(tmp)
     meta = json.loads((out / "meta.json").read_text())
     return TokenData(np.load(out / "train.npy"), np.load(out / "val.npy"), meta["val_bytes"],
@@ -102,8 +107,11 @@ def batch(tokens: np.ndarray, seed: int, step: int, batch_size: int, context: in
     return torch.from_numpy(x).long(), torch.from_numpy(y).long()
 
 
-def unigram_ppl(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
-    """The trivial baseline: each validation token scored by its add-one-smoothed training frequency."""
+def unigram_ppl(train: np.ndarray, val: np.ndarray, vocab_size: int, max_tokens: int | None = None) -> float:
+    """The trivial baseline: each validation token scored by its add-one-smoothed training frequency, over the
+    tokens the model is scored on (the first `max_tokens` targets when the profile limits them)."""
+    if max_tokens is not None:
+        val = val[:max_tokens + 1]
     counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
     logp = np.log(counts / counts.sum())
     return math.exp(-logp[val[1:]].mean())

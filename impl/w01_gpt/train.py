@@ -24,7 +24,7 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from impl.core.artifacts import CheckpointError, RunResult, environment, write_json
-from impl.core.distributed import init_from_env, shutdown, torchrun
+from impl.core.distributed import init_from_env, leave, shutdown, torchrun
 from impl.w01_gpt.data import EOT, TokenData, batch, load_tokenizer, prepare, unigram_ppl
 from impl.w01_gpt.model import GPT, GPTConfig
 from impl.w01_gpt.spec import W01Spec
@@ -220,7 +220,7 @@ def _finish(spec, run_dir, model, opt, data: TokenData, device, world, do_eval, 
         ev = evaluate(model, data.val, spec.model.context, spec.eval.stride, spec.eval.max_tokens, device, spec)
         metrics.update(ev)
         metrics["val_bpb"] = ev["val_loss"] / math.log(2) / data.val_bytes_per_token
-        metrics["unigram_val_ppl"] = unigram_ppl(data.train, data.val, data.vocab_size)
+        metrics["unigram_val_ppl"] = unigram_ppl(data.train, data.val, data.vocab_size, spec.eval.max_tokens)
         metrics["sample"] = sample(model, load_tokenizer(data.tokenizer_dir), device)
     metrics["data"] = data.description
     write_json(run_dir / "env.json", environment())
@@ -261,6 +261,7 @@ def main() -> None:  # torchrun entry point
     a = p.parse_args()
     spec = W01Spec.model_validate(json.loads((a.run_dir / "spec.json").read_text()))
     train_process(spec, a.run_dir, progress=False, do_eval=not a.no_eval, skip_allreduce=a.skip_allreduce)
+    leave()
 
 
 if __name__ == "__main__":

@@ -53,14 +53,18 @@ def compare_spec(spec: W05Spec, zero_stage: int) -> W05Spec:
                            "log_every": 1, "warmup_steps": min(spec.train.warmup_steps, c.steps)})
 
 
-def compare(spec: W05Spec, runs: Runs, same_shard: bool = False, timeout_s: float = 1800) -> dict:
-    """Plain DDP and DeepSpeed ZeRO at each of `compare.stages`, same seed, batches and global batch.
-    `same_shard` (the sabotage twin) makes the ZeRO-2 run's ranks all train on rank 0's slice of the batch."""
+def compare(spec: W05Spec, runs: Runs, same_shard: bool = False, unpartitioned: bool = False,
+            timeout_s: float = 1800) -> dict:
+    """Plain DDP and DeepSpeed ZeRO at each of `compare.stages`, same seed, batches and global batch. The sabotage
+    twins: `same_shard` makes the ZeRO-2 run's ranks all train on rank 0's slice of the batch; `unpartitioned`
+    runs ZeRO stage 0 where the comparison says ZeRO-2 (its numbers reported as ZeRO-2's)."""
     results = {}
     for engine, stage in [("ddp", 0)] + [("deepspeed", s) for s in spec.compare.stages]:
-        s = compare_spec(spec, stage)
+        swapped = unpartitioned and engine == "deepspeed" and stage == 2
+        s = compare_spec(spec, 0 if swapped else stage)
         sabotaged = same_shard and engine == "deepspeed" and stage == 2
-        config = {**s.model_dump(exclude={"targets", "compare"}), "engine": engine, "same_shard": sabotaged}
+        config = {**s.model_dump(exclude={"targets", "compare"}), "engine": engine, "same_shard": sabotaged,
+                  **({"reported_as_stage": 2} if swapped else {})}
         name = "ddp" if engine == "ddp" else f"zero{stage}"
         r = _launch(s, runs.dir_for(config, name=f"compare/{name}"), engine, False, sabotaged, timeout_s)
         results[name] = {**r.metrics, "curve": [(x["step"], x["loss"]) for x in r.train_log()],
@@ -74,6 +78,7 @@ def compare(spec: W05Spec, runs: Runs, same_shard: bool = False, timeout_s: floa
         "optimizer_state_ratio": max(zero2["optimizer_state_bytes_per_rank"]) /
                                  max(ddp["optimizer_state_bytes_per_rank"]),
         "nproc": spec.compare.nproc, "steps": spec.compare.steps, "same_shard": same_shard,
+        "unpartitioned": unpartitioned,
     }
 
 

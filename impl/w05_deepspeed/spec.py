@@ -86,6 +86,10 @@ class W05Spec(Strict):
             problems.append(f"targets {sorted(comparing)} need a 'compare' section whose stages include 2")
         if self.compare and self.compare.nproc < 2 and comparing:
             problems.append("compare.nproc must be >= 2: with one process there is nothing to partition")
+        stage = (self.deepspeed.get("zero_optimization") or {}).get("stage")
+        if stage is not None and stage != t.zero_stage:
+            problems.append(f"deepspeed.zero_optimization.stage={stage} contradicts train.zero_stage={t.zero_stage}: "
+                            "the run would use the first while its metrics report the second; set train.zero_stage")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from impl.core.artifacts import environment, write_json
-from impl.core.distributed import init_from_env, peak_memory_mb, per_rank, reset_peak_memory, shutdown
+from impl.core.distributed import init_from_env, leave, peak_memory_mb, per_rank, reset_peak_memory, shutdown
 from impl.core.profiles import deep_merge
 from impl.w01_gpt.data import batch, load_tokenizer, prepare, unigram_ppl
 from impl.w01_gpt.model import GPT
@@ -181,7 +181,7 @@ def _finish(spec: W05Spec, run_dir: Path, model: GPT, data, device, do_eval: boo
     metrics["final_train_loss"] = log[-1]["loss"] if log else None
     if do_eval:
         metrics.update(evaluate(model, data.val, spec.model.context, spec.eval.stride, spec.eval.max_tokens, device))
-        metrics["unigram_val_ppl"] = unigram_ppl(data.train, data.val, data.vocab_size)
+        metrics["unigram_val_ppl"] = unigram_ppl(data.train, data.val, data.vocab_size, spec.eval.max_tokens)
         metrics["sample"] = sample(model, load_tokenizer(data.tokenizer_dir), device)
     write_json(run_dir / "env.json", environment())
     write_json(run_dir / "metrics.json", metrics)  # last: its presence marks the run complete
@@ -194,6 +194,7 @@ def main() -> None:  # torchrun entry point; run.py writes job.json
     job = json.loads((a.run_dir / "job.json").read_text())
     spec = W05Spec.model_validate(job["spec"])
     train_process(spec, a.run_dir, job["engine"], job["evaluate"], job["same_shard"])
+    leave()
 
 
 if __name__ == "__main__":

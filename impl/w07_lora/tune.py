@@ -67,8 +67,14 @@ def _train_dataset(examples: list[Example], tok, max_length: int):
     from datasets import Dataset
 
     rows = [{"prompt": e.prompt(), "completion": e.completion()} for e in examples
-            if len(tok.apply_chat_template(e.prompt() + e.completion(), tokenize=True)) <= max_length]
+            if chat_tokens(tok, e.prompt() + e.completion()) <= max_length]
     return Dataset.from_list(rows)
+
+
+def chat_tokens(tok, messages: list[dict]) -> int:
+    """How many tokens the chat template makes of `messages`. (transformers 5's `apply_chat_template(tokenize=True)`
+    returns a BatchEncoding, whose len() is its number of keys, 2: counting that dropped nothing, ever.)"""
+    return len(tok(tok.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"])
 
 
 def _prompt_logits(model, tok, example: Example) -> torch.Tensor:

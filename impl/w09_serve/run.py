@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 from impl.core.artifacts import RunResult, Runs, write_json
+from impl.core.errors import MilestonesError
 from impl.w07_lora.data import load_splits
 from impl.w09_serve import load as load_test
 from impl.w09_serve import quantize
@@ -22,7 +23,15 @@ def model_dir(spec: W09Spec, profile, root: Path | None = None) -> str:
     from impl import adapters
 
     variant = spec.model.split(":", 1)[1]
-    run = adapters.w07_tune(profile.milestone("w07"), Runs("w07", profile.name, reuse=True, root=root), variant)
+    w07 = profile.milestone("w07")
+    w07_splits, ours = load_splits(w07.data), held_out(spec)
+    if {e.id for e in ours.eval} != {e.id for e in w07_splits.eval}:
+        raise MilestonesError(
+            f"w09's instructions are not w07's held-out examples ({len(ours.eval)} vs {len(w07_splits.eval)}, "
+            f"{len({e.id for e in ours.eval} & {e.id for e in w07_splits.train})} of them in w07's training set): "
+            f"scoring {spec.model} on them would not be held-out. Make milestones.w09.instructions the same as "
+            f"milestones.w07.data (the cpu profile uses a YAML anchor).")
+    run = adapters.w07_tune(w07, Runs("w07", profile.name, reuse=True, root=root), variant)
     return str(run.run_dir / "merged")
 
 

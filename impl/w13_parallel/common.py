@@ -8,8 +8,6 @@ one all-reduce (MAX) of the differences gives the largest one over all ranks.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from impl.core.artifacts import write_json
-from impl.core.distributed import init_from_env, peak_memory_mb, per_rank, reset_peak_memory, shutdown
+from impl.core.distributed import init_from_env, leave, peak_memory_mb, per_rank, reset_peak_memory, shutdown
 from impl.w01_gpt.model import GPT, GPTConfig
 from impl.w13_parallel.spec import W13Spec
 
@@ -143,8 +141,4 @@ def entry(process: Callable[..., None]) -> None:
     if world > 1:
         dist.barrier()  # nobody tears the group down while rank 0 still writes
     shutdown()
-    # Leave without the interpreter's finalisation: with torch 2.13's gloo, about one 2-rank run in ten aborted
-    # there ("terminate called without an active exception", no Python frame) after its results were written.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    leave()
