@@ -23,9 +23,13 @@ else
         .venv/bin/pip install -q -c .ci/constraints-cpu.txt --no-build-isolation "$DEEPSPEED"
 fi
 
-# The fixtures come through apt-get download and npm pack; a bare Debian image may lack npm.
-if ! command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq npm >/dev/null
+# The fixtures come through apt-get download and npm pack; the scorecard's page is checked in headless Chromium.
+# A bare Debian image may lack both.
+need=()
+command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 .venv/bin/python -m impl fetch
 

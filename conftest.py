@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 import uuid
 from pathlib import Path
@@ -189,10 +190,12 @@ def _row(item, outcome: str, message: str | None, duration: float, requirement_f
         hw += f", {os.cpu_count()} cores shared by {workers} pytest-xdist workers"
     return {
         "milestone": milestone, "check": item.originalname, "profile": profile.name, "status": status,
+        "title": (item.function.__doc__ or "").strip().split("\n")[0] or None,
+        "order": list(profile.milestone(milestone).targets).index(target_name),  # the profile's order: headline first
         "metric": target.label(target_name), "direction": target.direction, "target": target.threshold,
         "value": rec.value if rec else None, "data": rec.data if rec else None, "protocol": target.protocol_text(),
         "hardware": hw, "versions": {k: _ENV[k] for k in ("python", "torch", "transformers") if k in _ENV},
-        "commit": _ENV["commit"], "duration_s": round(duration, 1), "message": message,
+        "host": platform.node(), "commit": _ENV["commit"], "duration_s": round(duration, 1), "message": message,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "extra": rec.extra if rec else {}, "curve": rec.curve if rec else None,
     }

@@ -10,6 +10,7 @@
     python -m impl serve --model DIR          # an OpenAI-compatible server on 127.0.0.1:8000 (see --help)
     python -m impl calibrate w01 --profile cpu --seeds 0,1,2   # suggest thresholds for your machine
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
+    python -m impl report --merge DIR ...     # fold other machines' reports/ (the nightly GPU artifact) in
     python -m impl test                       # the whole suite: fast tests + cpu checks, then the timing ones
 """
 from __future__ import annotations
@@ -119,13 +120,20 @@ def cmd_serve(args) -> int:
 
     serve(args.model, args.host, args.port, args.backend, args.quantization, args.dtype,
           args.api_key or os.environ.get("LLM_MILESTONES_API_KEY") or None, args.max_batch_size, args.batch_wait_ms,
-          args.max_prompt_tokens, args.max_tokens_limit, args.name)
+          args.max_prompt_tokens, args.max_tokens_limit, args.name, args.max_body_bytes)
     return 0
 
 
 def cmd_report(args) -> int:
     from impl.core import scorecard
 
+    if args.merge:
+        try:
+            path, n = scorecard.merge(args.merge)
+        except ValueError as e:
+            raise MilestonesError(str(e)) from None
+        print(f"merged {n} rows from {', '.join(map(str, args.merge))} into {path} (md and html rebuilt)")
+        return 0
     card = scorecard.load()
     scorecard.render(card, scorecard.reports_dir())
     print(f"rebuilt {scorecard.reports_dir()}/scorecard.md and scorecard.html from scorecard.json")
@@ -216,9 +224,13 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--batch-wait-ms", type=float, default=10.0)
     v.add_argument("--max-prompt-tokens", type=int, default=512)
     v.add_argument("--max-tokens-limit", type=int, default=256)
+    v.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")
     v.add_argument("--name", default=None, help="the model name clients send (default: --model)")
     v.set_defaults(func=cmd_serve)
-    sub.add_parser("report", help="rebuild the scorecard from its JSON").set_defaults(func=cmd_report)
+    r = sub.add_parser("report", help="rebuild the scorecard from its JSON, or merge other machines' reports into it")
+    r.add_argument("--merge", nargs="+", type=Path, metavar="PATH",
+                   help="reports/ directories or scorecard.json files of other machines (the nightly GPU artifact)")
+    r.set_defaults(func=cmd_report)
     te = sub.add_parser("test", help="the whole test suite: what times nothing on all cores, then timing alone",
                         description=cmd_test.__doc__)
     te.add_argument("-m", default=None, help="a marker expression, combined with each phase's")

@@ -43,7 +43,20 @@ def test_gpu_profiles_say_why_they_cannot_run_here():
     reason = load_profile("gpu1").hardware_missing()
     assert reason == "needs 1 GPU(s) with >= 24 GB; found none"
     assert "2 nodes" in load_profile("multinode").hardware_missing()
+    assert load_profile("gpu12gb").hardware_missing() == "needs 1 GPU(s) with >= 11 GB; found none"
     assert load_profile("cpu").hardware_missing() is None
+
+
+def test_the_cpu_profile_refuses_a_machine_whose_gpus_the_code_would_use(monkeypatch):
+    """Its targets are CPU fp32 numbers: on a GPU machine the checks would measure bf16 on the GPU and pass
+    trivially. Skipped with the way to run it there; nothing changes without a GPU."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    reason = load_profile("cpu").hardware_missing()
+    assert "measures on the CPU" in reason and "CUDA_VISIBLE_DEVICES=" in reason
+    assert load_profile("cpu").requires.cpu_only and not load_profile("gpu1").requires.cpu_only
 
 
 def _write(tmp_path, text):
@@ -63,7 +76,7 @@ CPU = (ROOT / "hardware_profiles" / "cpu.yaml").read_text()
     (CPU.replace("direction: lower", "direction: down", 1), r"key 'milestones.w01.targets.val_ppl.direction': Input should be 'lower' or 'higher'"),
     (CPU.replace("  w01:", "  w02:"), r"key 'milestones.w02': unknown milestone; known: w01, w03"),
     (CPU.replace("  w01:", "  w11:"), r"key 'milestones.w11': milestone w11 is not implemented yet"),
-    (CPU.replace("requires: {gpus: 0}", "requires: {gpu: 0}"), r"key 'requires.gpu': Extra inputs"),
+    (CPU.replace("requires: {gpus: 0,", "requires: {gpu: 0,"), r"key 'requires.gpu': Extra inputs"),
     (CPU.replace("corpus: [austen, brown]", "corpus: [shakespeare]"), r"milestones.w01.data.corpus.0"),
 ])
 def test_a_broken_profile_gives_one_clear_message(tmp_path, text, expected):
@@ -73,7 +86,7 @@ def test_a_broken_profile_gives_one_clear_message(tmp_path, text, expected):
 
 
 def test_unknown_profile_lists_the_known_ones():
-    with pytest.raises(ProfileError, match="unknown profile 'gpu9'; known: cpu, gpu1, gpu2, multinode"):
+    with pytest.raises(ProfileError, match="unknown profile 'gpu9'; known: cpu, gpu1, gpu12gb, gpu2, multinode"):
         load_profile("gpu9")
     with pytest.raises(ProfileError, match="does not exist"):
         load_profile("nowhere/mine.yaml")

@@ -76,8 +76,8 @@ def test_a_server_taking_one_request_at_a_time_fails_the_cpu_latency_and_through
         assert not target.passes(checked), f"{name} = {r[name]} vs {ref[name]} one at a time: {checked}"
 
 # --- the gpu1 path, shrunk -----------------------------------------------------------------------------------
-def gpu1_shrunk(model, wikitext_dir, alpaca_dir):
-    return override(GPU1, model=model, instructions={"local_dir": str(alpaca_dir), "eval_examples": 4, "val_fraction": 0.3},
+def gpu1_shrunk(model, wikitext_dir, alpaca_dir, profile=GPU1):
+    return override(profile, model=model, instructions={"local_dir": str(alpaca_dir), "eval_examples": 4, "val_fraction": 0.3},
                     quantize={"ppl_data": {"local_dir": str(wikitext_dir)}, "ppl_tokens": 512, "ppl_window": 128,
                               "rouge_examples": 4, "max_new_tokens": 4, "batch_size": 4},
                     serve={"backend": "transformers", "quantization": "none", "dtype": "float32", "startup_timeout_s": 120},
@@ -96,6 +96,19 @@ def test_gpu1_quantisation_path_runs_here_shrunk(tiny_chat_model, wikitext_like_
 
 
 @pytest.mark.gpu_smoke
+@pytest.mark.gpu_smoke
+def test_gpu12gb_quantisation_path_with_the_unquantised_reference_partly_in_cpu_memory(
+        tiny_chat_model, wikitext_like_dir, alpaca_like_dir, runs):
+    """The 12 GB profile keeps at most 10 GB of the bf16 reference on the GPU (accelerate's device_map, the rest in
+    CPU memory). Here, without a GPU, the same loading call places everything in CPU memory."""
+    gpu12 = load_profile("gpu12gb").milestone("w09")
+    assert gpu12.quantize.unquantised_max_gpu_memory_gb == 10 and gpu12.serve.quantization == "bitsandbytes"
+    spec = gpu1_shrunk(tiny_chat_model, wikitext_like_dir, alpaca_like_dir, profile=gpu12)
+    m = adapters.w09_quantize(spec, tiny_chat_model, runs).metrics
+    assert set(m["variants"]) == {"none", "int8", "nf4"} and m["variants"]["none"]["ppl_ratio"] == 1.0
+    assert m["variants"]["nf4"]["memory_ratio"] < 1
+
+
 def test_gpu1_serving_protocol_runs_here_on_the_transformers_backend(tiny_chat_model, wikitext_like_dir,
                                                                      alpaca_like_dir, tmp_path):
     """The gpu1 load protocol (chat endpoint, API key, locust) against the CPU backend; vLLM itself needs a GPU."""
@@ -182,10 +195,40 @@ def test_the_official_openai_client_talks_to_the_server(server):
     ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, None, 404, "not served here"),
     ("/v1/completions", {"prompt": "hi", "stream": True}, None, 400, "stream"),
     ("/v1/nothing", {"prompt": "hi"}, None, 404, "Not Found"),
+    # hostile but valid JSON: a lone UTF-16 surrogate, a body nested 5,000 deep (both were 500s)
+    ("/v1/chat/completions", None, b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "not valid Unicode"),
+    ("/v1/completions", None, b'{"prompt": "hi", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "nested too deeply"),
+    # parameters this backend would silently ignore
+    ("/v1/completions", {"prompt": "hi", "logprobs": 5}, None, 400, "unsupported parameter(s) logprobs"),
+    ("/v1/chat/completions", {**CHAT, "presence_penalty": 0.5, "stop": ["\n"]}, None, 400,
+     "presence_penalty, stop"),
 ])
 def test_a_bad_request_gets_a_4xx_json_error_and_the_server_keeps_serving(server, path, body, raw, status, mentions):
     got, r = post(server, path, body, raw=raw)
     assert got == status and mentions in r["error"]["message"], r
+    assert post(server, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_no_op_values_of_unsupported_parameters_and_bookkeeping_fields_are_accepted(server):
+    body = {**CHAT, "logprobs": False, "presence_penalty": 0, "stop": None, "user": "someone"}
+    assert post(server, "/v1/chat/completions", body)[0] == 200
+
+
+def test_a_body_over_the_size_limit_gets_413_before_it_is_parsed_and_the_server_keeps_serving(server):
+    """A client announcing 5 MiB (the default limit is 4 MiB) is answered before it sends a byte of the body."""
+    import http.client
+
+    host, port = server.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/v1/completions")
+    for k, v in {"Content-Type": "application/json", "Authorization": "Bearer secret",
+                 "Content-Length": str(5 * 2**20)}.items():
+        conn.putheader(k, v)
+    conn.endheaders()  # headers only: the server must not wait for the body
+    answer = conn.getresponse()
+    r = json.loads(answer.read())
+    conn.close()
+    assert answer.status == 413 and r["error"]["code"] == "body_too_large" and "4,194,304" in r["error"]["message"]
     assert post(server, "/v1/chat/completions", CHAT)[0] == 200
 
 

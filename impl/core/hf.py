@@ -91,14 +91,19 @@ def device():
     return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_causal_lm(ref: str, quantization: str = "none", dtype=None):
+def load_causal_lm(ref: str, quantization: str = "none", dtype=None, max_gpu_memory_gb: float | None = None):
     """A causal LM on `device()`: unquantised ("none") in `dtype`, or its linear layers quantised by bitsandbytes
-    at load time, "int8" (LLM.int8()) or "nf4" (4-bit NormalFloat, double quantisation, `dtype` compute)."""
+    at load time, "int8" (LLM.int8()) or "nf4" (4-bit NormalFloat, double quantisation, `dtype` compute).
+    `max_gpu_memory_gb` (unquantised only): what does not fit on the GPU stays in CPU memory and accelerate moves
+    it in at each forward (a 7B in bf16 on a 12 GB card): slower, the same numbers."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     dtype = dtype or torch.float32
     dev = device()
+    if quantization == "none" and max_gpu_memory_gb is not None:
+        budget = {"cpu": "1024GiB", **({dev.index or 0: f"{max_gpu_memory_gb}GiB"} if dev.type == "cuda" else {})}
+        return load_model(AutoModelForCausalLM, ref, dtype=dtype, device_map="auto", max_memory=budget)
     if quantization == "none":
         return load_model(AutoModelForCausalLM, ref, dtype=dtype).to(dev)
     if quantization == "int8":

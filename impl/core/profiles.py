@@ -25,9 +25,12 @@ class ProfileError(MilestonesError, ValueError):
 
 class Requires(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    gpus: int = 0
+    gpus: int = 0  # at least this many
     min_gpu_memory_gb: float = 0
     nodes: int = 1
+    # the profile's numbers are CPU numbers (fp32, calibrated on CPU threads): refuse to run where torch would
+    # put the work on a GPU, whose numbers its targets do not describe
+    cpu_only: bool = False
 
 
 class ProfileFile(BaseModel):
@@ -61,9 +64,14 @@ class Profile:
             nnodes = int(os.environ.get("NNODES", os.environ.get("SLURM_NNODES", "1")))
             if nnodes < req.nodes:
                 return f"needs {req.nodes} nodes; this run has {nnodes} (set NNODES under a multi-node launcher)"
+        import torch
+
+        if req.cpu_only and torch.cuda.is_available():
+            return (f"profile {self.name} measures on the CPU (fp32, CPU-calibrated targets) and this machine shows "
+                    f"{torch.cuda.device_count()} CUDA GPU(s), which the code would use: run it with "
+                    f"CUDA_VISIBLE_DEVICES= to measure the cpu form here")
         if req.gpus == 0:
             return None
-        import torch
 
         found = torch.cuda.device_count() if torch.cuda.is_available() else 0
         mem = [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(found)]

@@ -1,14 +1,15 @@
 """The pass/fail scorecard: reports/scorecard.{json,md,html} and reports/history.jsonl.
 
 Rows arrive one per acceptance check (from the pytest plugin in conftest.py, under xdist from every worker),
-are merged with the rows of earlier sessions (the newest row per milestone/check/profile wins), and every
-milestone without a row is listed as not-implemented. `python -m impl report` rebuilds md and html from json.
+are merged with the rows of earlier sessions and of other machines (`python -m impl report --merge DIR`): per
+milestone/check/profile the newest *measured* row (pass, fail, error) stays, and a later skip is shown beside it
+as the last attempt instead of replacing the evidence; every milestone without a row is listed as
+not-implemented. Each row says where it was measured (host, hardware, commit, time). `python -m impl report`
+rebuilds md and html from json; history.jsonl keeps every row ever written.
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import os
 from datetime import datetime, timezone
@@ -34,9 +35,28 @@ def _key(row: dict) -> tuple:
     return row["milestone"], row["check"], row["profile"]
 
 
+MEASURED = ("pass", "fail", "error")
+
+
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """The scorecard's rows after `new` arrives: the newest measured row per key wins (by its time, so reports
+    merged from other machines fall into place); a skip never replaces a measured row, it is kept as that row's
+    `last_attempt`."""
     rows = {_key(r): r for r in old if r["status"] != "not-implemented"}
-    rows.update({_key(r): r for r in new})
+    for r in new:
+        if r["status"] == "not-implemented":
+            continue
+        k, prev = _key(r), rows.get(_key(r))
+        if prev is None:
+            rows[k] = r
+        elif r["status"] in MEASURED:
+            if prev["status"] not in MEASURED or r.get("time", "") >= prev.get("time", ""):
+                rows[k] = r
+        elif prev["status"] in MEASURED:  # a skip (or anything unmeasured) after evidence: note it, keep the evidence
+            if r.get("time", "") >= prev.get("time", ""):
+                rows[k] = {**prev, "last_attempt": {f: r.get(f) for f in ("status", "message", "time", "host", "hardware")}}
+        elif r.get("time", "") >= prev.get("time", ""):
+            rows[k] = r
     covered = {r["milestone"] for r in rows.values()}
     for m in MILESTONES.values():
         if m.id not in covered:
@@ -60,6 +80,29 @@ def write(new_rows: list[dict], out: Path | None = None) -> Path:
     return out / "scorecard.json"
 
 
+def merge(paths: list[Path], out: Path | None = None) -> tuple[Path, int]:
+    """Fold the scorecards of other machines (a reports/ directory or a scorecard.json each, e.g. the nightly GPU
+    job's uploaded artifact) into this one; returns the scorecard path and how many rows came in."""
+    incoming = []
+    for p in paths:
+        card = p / "scorecard.json" if p.is_dir() else p
+        if not card.exists():
+            raise FileNotFoundError(f"{card} does not exist: pass a reports/ directory or a scorecard.json")
+        try:
+            rows = json.loads(card.read_text())["rows"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{card} is not a scorecard: {e}") from None
+        incoming += [r for r in rows if r.get("status") != "not-implemented"]
+    return write(incoming, out), len(incoming)
+
+
+def provenance(row: dict) -> str:
+    """Where and when a row was measured, in one line."""
+    parts = [row.get("host"), row.get("hardware"), f"commit {row['commit']}" if row.get("commit") else None,
+             row.get("time")]
+    return ", ".join(p for p in parts if p)
+
+
 def load(out: Path | None = None) -> dict:
     path = (out or reports_dir()) / "scorecard.json"
     if not path.exists():
@@ -80,27 +123,69 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _attempt(a: dict) -> str:
+    return f"{a.get('status')} on {', '.join(x for x in (a.get('host'), a.get('time')) if x)}: {a.get('message') or ''}"
+
+
 def _target(row: dict) -> str:
     if row.get("target") is None:
         return ""
     return f"{'<' if row['direction'] == 'lower' else '>'} {_fmt(row['target'])}"
 
 
+def _profiles(rows: list[dict]) -> list[str]:
+    return sorted({r["profile"] for r in rows if r["status"] != "not-implemented"}, key=lambda p: (p != "cpu", p))
+
+
+def _first(row: dict) -> tuple:
+    """The profile lists a milestone's headline target first; rows keep that order."""
+    return row.get("order", 99), row["check"]
+
+
+def _grid_cells(rows: list[dict], milestone: str, profile: str) -> tuple[str, dict | None, int, int]:
+    """(worst status, the headline row, checks passed, checks) of one milestone under one profile."""
+    mine = [r for r in rows if r["milestone"] == milestone and r["profile"] == profile]
+    if not mine:
+        return "-", None, 0, 0
+    worst = min(mine, key=lambda r: (WORST_FIRST.index(r["status"]) if r["status"] in WORST_FIRST else 9, *_first(r)))
+    head = worst if worst["status"] not in ("skip", "pass") else min(mine, key=_first)
+    return worst["status"], head, sum(r["status"] == "pass" for r in mine), len(mine)
+
+
+def grid_markdown(rows: list[dict]) -> list[str]:
+    """The milestone x profile grid: per cell the worst status, checks passed, and the headline value."""
+    profiles = _profiles(rows)
+    out = ["| milestone | the seed's target | " + " | ".join(profiles) + " |", "|---|---|" + "---|" * len(profiles)]
+    for m in MILESTONES.values():
+        cells = []
+        for p in profiles:
+            status, head, passed, n = _grid_cells(rows, m.id, p)
+            value = f" {head['metric']} = {_fmt(head['value'])} {_target(head)}" if head and head.get("value") is not None else ""
+            cells.append("-" if head is None else f"{status.upper()} {passed}/{n}{value}")
+        if not any(r["milestone"] == m.id and r["status"] != "not-implemented" for r in rows):
+            cells = ["not implemented"] + [""] * (len(profiles) - 1)
+        out.append(f"| {m.id} {m.title} | {m.seed_target} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
+
+
 def markdown(card: dict) -> str:
     rows = card["rows"]
     counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
     lines = [f"# Scorecard ({card['generated']})", "",
-             " · ".join(f"{n} {s}" for s, n in counts.items() if n), "",
-             "| milestone | check | profile | status | metric | value | target | data | protocol | commit |",
+             " · ".join(f"{n} {s}" for s, n in counts.items() if n), "", *grid_markdown(rows), "",
+             "| milestone | check | profile | status | metric | value | target | data | protocol | measured on |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        cells = [r["milestone"], r["check"], r["profile"], r["status"].upper(), r.get("metric") or "",
-                 _fmt(r.get("value")), _target(r), r.get("data") or "", r.get("protocol") or "", r.get("commit") or ""]
+        status = r["status"].upper() + (f" (last attempt: {r['last_attempt']['status']})" if r.get("last_attempt") else "")
+        cells = [r["milestone"], r["check"], r["profile"], status, r.get("metric") or "",
+                 _fmt(r.get("value")), _target(r), r.get("data") or "", r.get("protocol") or "", provenance(r)]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     for r in rows:
         extra = r.get("extra") or {}
         if r["status"] in ("fail", "error", "skip") and r.get("message"):
             extra = {"message": r["message"], **extra}
+        if r.get("last_attempt"):
+            extra = {"last attempted": _attempt(r["last_attempt"]), **extra}
         if extra:
             lines += ["", f"## {r['milestone']} · {r['check']} · {r['profile']}", ""]
             for k, v in extra.items():
@@ -109,69 +194,150 @@ def markdown(card: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+STATUS_COLOUR = {"pass": "#2e7d32", "fail": "#c62828", "error": "#d84315", "skip": "#757575",
+                 "not-implemented": "#9e9e9e"}
+WORST_FIRST = ("error", "fail", "skip", "pass")
 
 
-def _plots(rows: list[dict]) -> list[tuple[str, str]]:
-    import matplotlib
+def _badge(status: str) -> str:
+    return f"<span class='badge' style='background:{STATUS_COLOUR.get(status, '#757575')}'>{html.escape(status)}</span>"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    plots = []
-    curves = [r for r in rows if r.get("curve")]
-    if curves:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for r in curves:
-            steps, losses = zip(*r["curve"])
-            ax.plot(steps, losses, label=f"{r['milestone']} {r['check']} [{r['profile']}]")
-        ax.set(xlabel="step", ylabel="training loss", title="Training curves")
-        ax.legend(fontsize=7)
-        plots.append(("Training curves", _png(fig)))
-    measured = [r for r in rows if isinstance(r.get("value"), (int, float)) and r.get("target") is not None]
-    if measured:
-        fig, axes = plt.subplots(1, len(measured), figsize=(2.4 * len(measured) + 1, 3), squeeze=False)
-        for ax, r in zip(axes[0], measured):
-            ax.bar([0], [r["value"]], color="tab:green" if r["status"] == "pass" else "tab:red", width=0.5)
-            ax.axhline(r["target"], color="black", linestyle="--", label=f"target {_target(r)}")
-            ax.set_xticks([])
-            ax.set_title(f"{r['milestone']} {r['metric']}\n[{r['profile']}]", fontsize=8)
-            ax.legend(fontsize=7)
-        plots.append(("Measured vs target", _png(fig)))
-    return plots
+def _title(row: dict) -> str:
+    if row.get("title"):
+        return row["title"]
+    words = row["check"].removeprefix("test_").replace("_", " ")
+    return words[:1].upper() + words[1:]
+
+
+LOG_NOTE = "<text x='350' y='50' font-size='9' text-anchor='end'>log scale</text>"
+
+
+def _gauge(row: dict) -> str:
+    """Measured against target on one axis: the passing side green, the failing side red, the value a marker;
+    a log axis when value and threshold are positive and far apart."""
+    v, t = row.get("value"), row.get("target")
+    if not isinstance(v, (int, float)) or not isinstance(t, (int, float)) or v != v:
+        return ""
+    import math
+
+    log = v > 0 and t > 0 and max(v, t) / min(v, t) > 50
+    f = (lambda x: math.log10(x)) if log else (lambda x: x)
+    lo, hi = min(f(v), f(t)), max(f(v), f(t))
+    span = (hi - lo) or abs(hi) or 1.0
+    lo, hi = lo - 0.25 * span, hi + 0.25 * span
+    width, x = 360, (lambda val: 10 + 340 * (f(val) - lo) / (hi - lo))
+    tx, vx = x(t), x(v)
+    good_left = row.get("direction") == "lower"
+    green = (10, tx) if good_left else (tx, 350)
+    red = (tx, 350) if good_left else (10, tx)
+    colour = STATUS_COLOUR["pass"] if row["status"] == "pass" else STATUS_COLOUR["fail"]
+    return (f"<svg class='gauge' width='{width}' height='54' role='img' aria-label='measured {_fmt(v)} against "
+            f"target {html.escape(_target(row))}'>"
+            f"<rect x='{green[0]:.1f}' y='18' width='{green[1] - green[0]:.1f}' height='12' fill='#c8e6c9'/>"
+            f"<rect x='{red[0]:.1f}' y='18' width='{red[1] - red[0]:.1f}' height='12' fill='#ffcdd2'/>"
+            f"<line x1='{tx:.1f}' x2='{tx:.1f}' y1='12' y2='36' stroke='#000' stroke-dasharray='3,2'/>"
+            f"<text x='{tx:.1f}' y='50' font-size='10' text-anchor='middle'>target {html.escape(_target(row))}</text>"
+            f"<circle cx='{vx:.1f}' cy='24' r='6' fill='{colour}'/>"
+            f"<text x='{vx:.1f}' y='11' font-size='10' text-anchor='middle'>{html.escape(_fmt(v))}</text>"
+            + (LOG_NOTE if log else "") + "</svg>")
+
+
+def _curve_svg(row: dict) -> str:
+    """This run's own training curve."""
+    pts = [(float(a), float(b)) for a, b in (row.get("curve") or []) if b == b]
+    if len(pts) < 2:
+        return ""
+    (x0, x1), (y0, y1) = (min(p[0] for p in pts), max(p[0] for p in pts)), (min(p[1] for p in pts), max(p[1] for p in pts))
+    w, h = 360, 120
+    sx = lambda v: 40 + (w - 50) * (v - x0) / ((x1 - x0) or 1)
+    sy = lambda v: 10 + (h - 30) * (1 - (v - y0) / ((y1 - y0) or 1))
+    line = " ".join(f"{sx(a):.1f},{sy(b):.1f}" for a, b in pts)
+    return (f"<svg class='curve' width='{w}' height='{h}' role='img' aria-label='training loss'>"
+            f"<polyline points='{line}' fill='none' stroke='#1565c0' stroke-width='1.5'/>"
+            f"<line x1='40' x2='40' y1='10' y2='{h - 20}' stroke='#999'/>"
+            f"<line x1='40' x2='{w - 10}' y1='{h - 20}' y2='{h - 20}' stroke='#999'/>"
+            f"<text x='36' y='14' font-size='9' text-anchor='end'>{y1:.3g}</text>"
+            f"<text x='36' y='{h - 20}' font-size='9' text-anchor='end'>{y0:.3g}</text>"
+            f"<text x='40' y='{h - 6}' font-size='9'>step {x0:g}</text>"
+            f"<text x='{w - 10}' y='{h - 6}' font-size='9' text-anchor='end'>{x1:g}</text>"
+            f"<text x='{w / 2:.0f}' y='{h - 6}' font-size='9' text-anchor='middle'>training loss</text></svg>")
+
+
+def _value_html(v) -> str:
+    """Multi-line text (stage tables, examples, analyses) is Markdown: rendered; the rest as it is."""
+    if isinstance(v, str) and "\n" in v:
+        import markdown
+
+        return "<div class='md'>" + markdown.markdown(v, extensions=["tables"]) + "</div>"
+    if isinstance(v, (dict, list)):
+        return f"<code>{html.escape(json.dumps(v, default=str))}</code>"
+    return html.escape(_fmt(v))
+
+
+def _cell(rows: list[dict], milestone: str, profile: str) -> str:
+    """A milestone x profile cell of the page's grid."""
+    status, head, passed, n = _grid_cells(rows, milestone, profile)
+    if head is None:
+        return "<td class='none'>-</td>"
+    value = "" if head.get("value") is None else \
+        f"<br><small>{html.escape(head.get('metric') or '')} = {html.escape(_fmt(head['value']))} {html.escape(_target(head))}</small>"
+    return f"<td>{_badge(status)} <small>{passed}/{n}</small>{value}</td>"
 
 
 def html_page(card: dict) -> str:
     rows = card["rows"]
-    esc = lambda v: html.escape(_fmt(v))
-    colour = {"pass": "#c8e6c9", "fail": "#ffcdd2", "error": "#ffab91", "skip": "#eeeeee", "not-implemented": "#fff9c4"}
-    body = ["<tr>" + "".join(f"<td>{esc(r.get(k))}</td>" if k != "status" else
-                             f"<td style='background:{colour[r['status']]}'><b>{r['status']}</b></td>"
-                             for k in ("milestone", "check", "profile", "status", "metric", "value"))
-            + f"<td>{html.escape(_target(r))}</td><td>{esc(r.get('data'))}</td><td>{esc(r.get('protocol'))}</td>"
-            f"<td>{esc(r.get('hardware'))}</td><td>{esc(r.get('commit'))}</td><td>{esc(r.get('duration_s'))}</td></tr>"
-            for r in rows]
-    details = []
-    for r in rows:
-        extra = dict(r.get("extra") or {})
-        if r.get("message") and r["status"] != "pass":
-            extra = {"message": r["message"], **extra}
-        if extra:
-            items = "".join(f"<dt>{html.escape(k)}</dt><dd><pre>{esc(v)}</pre></dd>" for k, v in extra.items())
-            details.append(f"<h3>{esc(r['milestone'])} · {esc(r['check'])} · {esc(r['profile'])}</h3><dl>{items}</dl>")
-    plots = "".join(f"<h2>{t}</h2><img alt='{t}' src='{src}'>" for t, src in _plots(rows))
-    head = ("<tr>" + "".join(f"<th>{h}</th>" for h in ("milestone", "check", "profile", "status", "metric", "value",
-                                                      "target", "data", "protocol", "hardware", "commit", "seconds"))
-            + "</tr>")
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>llm-milestones scorecard</title>
-<style>body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;vertical-align:top}}pre{{white-space:pre-wrap;margin:0}}</style></head>
-<body><h1>llm-milestones scorecard</h1><p>generated {html.escape(card['generated'])}</p>
-<table>{head}{''.join(body)}</table>{plots}<h2>Details</h2>{''.join(details)}</body></html>
+    counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+    measured = [r for r in rows if r["status"] != "not-implemented"]
+    profiles = _profiles(rows)
+    grid = ["<table class='grid'><tr><th>milestone</th><th>the seed's target</th>"
+            + "".join(f"<th>{html.escape(p)}</th>" for p in profiles) + "</tr>"]
+    for m in MILESTONES.values():
+        mine = [r for r in measured if r["milestone"] == m.id]
+        cells = "".join(_cell(measured, m.id, p) for p in profiles)
+        if not mine:
+            cells = f"<td colspan='{max(1, len(profiles))}' class='none'>not implemented</td>"
+        grid.append(f"<tr><td><a href='#{m.id}'>{m.id}</a> {html.escape(m.title)}</td>"
+                    f"<td>{html.escape(m.seed_target)}</td>{cells}</tr>")
+    grid.append("</table>")
+    sections = []
+    for m in MILESTONES.values():
+        mine = sorted([r for r in measured if r["milestone"] == m.id], key=lambda r: (r["profile"] != "cpu", r["profile"], r["check"]))
+        if not mine:
+            continue
+        checks = []
+        for r in mine:
+            extra = dict(r.get("extra") or {})
+            if r.get("message") and r["status"] != "pass":
+                extra = {"message": r["message"], **extra}
+            if r.get("last_attempt"):
+                extra = {"last attempted": _attempt(r["last_attempt"]), **extra}
+            details = "".join(f"<dt>{html.escape(k)}</dt><dd>{_value_html(v)}</dd>" for k, v in extra.items())
+            value = "" if r.get("value") is None else \
+                f"<p class='value'><b>{html.escape(r.get('metric') or '')} = {html.escape(_fmt(r['value']))}</b>, target {html.escape(_target(r))}</p>"
+            checks.append(
+                f"<section class='check'><h3>{_badge(r['status'])} {html.escape(_title(r))} "
+                f"<small class='fn'>{html.escape(r['check'])} · {html.escape(r['profile'])}</small></h3>{value}"
+                + (f"<p class='why'>{html.escape(r['message'][:400])}</p>"
+                   if r.get("message") and r["status"] != "pass" else "")
+                + f"<div class='plots'>{_gauge(r)}{_curve_svg(r)}</div>"
+                f"<p class='meta'>data: {html.escape(r.get('data') or '-')}<br>protocol: {html.escape(r.get('protocol') or '-')}"
+                f"<br>measured on: {html.escape(provenance(r))}"
+                + (f"<br>last attempted: {html.escape(_attempt(r['last_attempt']))}" if r.get("last_attempt") else "")
+                + "</p>"
+                + (f"<details><summary>details ({len(extra)})</summary><dl>{details}</dl></details>" if extra else "")
+                + "</section>")
+        sections.append(f"<h2 id='{m.id}'>{m.id} · {html.escape(m.title)}</h2>"
+                        f"<p class='seed'>the seed's target: {html.escape(m.seed_target)}</p>{''.join(checks)}")
+    summary = " · ".join(f"{n} {s}" for s, n in counts.items() if n)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>llm-milestones scorecard</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1100px;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ddd;padding:4px 8px;vertical-align:top;text-align:left}}
+.grid td.none{{color:#999}}.badge{{color:#fff;border-radius:3px;padding:1px 6px;font-size:12px;text-transform:uppercase}}
+.check{{border-top:1px solid #eee;padding:.4em 0}}.check h3{{font-size:16px;margin:.4em 0}}.fn{{color:#888;font-weight:normal;font-size:12px}}
+.meta{{color:#555;font-size:13px}}.why{{color:#b71c1c;font-size:13px;white-space:pre-wrap}}.plots svg{{margin-right:1em;vertical-align:top}}.md table{{font-size:12px}}
+dt{{font-weight:bold;margin-top:.3em}}dd{{margin-left:1em;overflow-x:auto}}code{{font-size:12px;word-break:break-all}}</style></head>
+<body><h1>llm-milestones scorecard</h1><p>generated {html.escape(card['generated'])} · {html.escape(summary)}</p>
+<h2>Milestones and profiles</h2>{''.join(grid)}{''.join(sections)}</body></html>
 """

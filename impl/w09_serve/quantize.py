@@ -88,10 +88,11 @@ def run(model_dir: str, spec: QuantizeSpec, examples: list[Example], run_dir: Pa
     dtype = torch.bfloat16 if device().type == "cuda" else torch.float32
     results = {}
     for variant in ["none", *spec.variants]:
+        offload = spec.unquantised_max_gpu_memory_gb
         if sabotage_bits and variant != "none":
-            model = round_to_nearest(load_causal_lm(model_dir, "none", dtype), sabotage_bits)
+            model = round_to_nearest(load_causal_lm(model_dir, "none", dtype, offload), sabotage_bits)
         else:
-            model = load_causal_lm(model_dir, variant, dtype)
+            model = load_causal_lm(model_dir, variant, dtype, offload if variant == "none" else None)
         results[variant] = score(model, tok, windows, examples, spec)
         del model
         if torch.cuda.is_available():
@@ -120,4 +121,7 @@ def table_markdown(metrics: dict) -> str:
     for v, r in metrics["variants"].items():
         rows.append(f"| {names.get(v, v)} | {r['memory_footprint_mb']:.1f} | {r['memory_ratio']:.3f} | {r['ppl']:.3f} "
                     f"| {r['ppl_ratio']:.4f} | {r['rougeL']:.4f} | {r['rougeL_change']:+.4f} |")
+    rows += ["", f"Unquantised: the checkpoint as stored, in {metrics['dtype']}; the SmolLM2 fixture's weights were "
+             "de-quantised from a Q4_1 GGUF and stored bf16, so for it they already carry 4-bit rounding "
+             "(fixtures/README.md). Memory: get_memory_footprint(), without bitsandbytes' quantisation state."]
     return "\n".join(rows)

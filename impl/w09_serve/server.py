@@ -31,7 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from impl.core.errors import MilestonesError
@@ -51,8 +51,26 @@ class RequestError(Exception):
 
 
 # --- requests --------------------------------------------------------------------------------------------
+def _unicode(text: str) -> str:
+    """JSON may carry lone UTF-16 surrogates ("\\ud800"): valid JSON, not text any tokenizer can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not valid Unicode text ({e.reason} at position {e.start})") from None
+    return text
+
+
+# OpenAI parameters this backend does not honour: accepted only at their no-op values, refused otherwise rather
+# than silently ignored (a client asking for logprobs must not get a completion without them)
+NOOP_VALUES = {"logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
+               "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "stop": (None, []),
+               "logit_bias": (None, {}), "seed": (None,), "suffix": (None,), "tools": (None, []),
+               "tool_choice": (None, "none"), "response_format": (None,), "stream_options": (None,)}
+IGNORED = {"user", "metadata", "store"}  # bookkeeping fields with no effect on the answer
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs ...)
+    model_config = ConfigDict(extra="allow")  # unknown fields are checked in `unsupported`, not dropped
     model: StrictStr | None = None
     max_tokens: StrictInt = Field(16, ge=1)
     temperature: StrictFloat | StrictInt = Field(0.0, ge=0.0, le=2.0)  # 0: greedy
@@ -62,13 +80,28 @@ class _Request(BaseModel):
     ignore_eos: StrictBool = False  # vLLM's extension: generate exactly max_tokens (fixed-length load tests)
 
 
+    def unsupported(self) -> list[str]:
+        return sorted(k for k, v in (self.model_extra or {}).items()
+                      if k not in IGNORED and v not in NOOP_VALUES.get(k, (None,)))
+
+
 class CompletionRequest(_Request):
     prompt: StrictStr | list[StrictStr] = Field(min_length=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _text(cls, v):
+        return [_unicode(t) for t in v] if isinstance(v, list) else _unicode(v)
 
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: StrictStr
+
+    @field_validator("content")
+    @classmethod
+    def _text(cls, v):
+        return _unicode(v)
 
 
 class ChatRequest(_Request):
@@ -190,8 +223,11 @@ class TransformersBackend:
 
 
 # --- the HTTP app ------------------------------------------------------------------------------------------
+MAX_BODY_BYTES = 4 * 2**20
+
+
 def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_tokens: int = 512,
-               max_tokens_limit: int = 256):
+               max_tokens_limit: int = 256, max_body_bytes: int = MAX_BODY_BYTES):
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, Response
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -245,6 +281,10 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
         return error(500, f"internal error: {exc.__class__.__name__}: {exc}", "server_error")
 
     def check(req: _Request, prompts: list[list[int]]) -> None:
+        if req.unsupported():
+            names = req.unsupported()
+            raise RequestError(400, f"unsupported parameter(s) {', '.join(names)}: the transformers backend does not "
+                               "honour them (vLLM's server does)", param=names[0])
         if req.stream:
             raise RequestError(400, "stream=true is not supported by the transformers backend (vLLM's is)", param="stream")
         if req.n != 1:
@@ -279,10 +319,22 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
 
         from pydantic import ValidationError
 
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > max_body_bytes:
+            raise RequestError(413, f"request body of {int(declared):,} bytes exceeds this server's limit of "
+                               f"{max_body_bytes:,}", code="body_too_large")
+        raw = bytearray()
+        async for chunk in request.stream():  # a body without a length is cut off at the limit, not read whole
+            raw += chunk
+            if len(raw) > max_body_bytes:
+                raise RequestError(413, f"request body exceeds this server's limit of {max_body_bytes:,} bytes",
+                                   code="body_too_large")
         try:
-            body = json.loads(await request.body())
+            body = json.loads(bytes(raw))
         except (ValueError, UnicodeDecodeError) as e:
             raise RequestError(400, f"invalid JSON body: {e}") from None
+        except RecursionError:
+            raise RequestError(400, "invalid JSON body: nested too deeply") from None
         if not isinstance(body, dict):
             raise RequestError(400, f"the body must be a JSON object, not {type(body).__name__}")
         try:
@@ -359,7 +411,7 @@ def vllm_command(model: str, host: str, port: int, name: str, quantization: str,
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "transformers",
           quantization: str = "none", dtype: str = "float32", api_key: str | None = None, max_batch_size: int = 8,
           batch_wait_ms: float = 10.0, max_prompt_tokens: int = 512, max_tokens_limit: int = 256,
-          name: str | None = None) -> None:
+          name: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
     from impl.core.hf import resolve_model
 
     model_dir = resolve_model(model)
@@ -381,7 +433,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, backend: str = 
     import uvicorn
 
     engine = TransformersBackend(model_dir, quantization, dtype, max_batch_size, batch_wait_ms)
-    app = create_app(engine, name, api_key, max_prompt_tokens, max_tokens_limit)
+    app = create_app(engine, name, api_key, max_prompt_tokens, max_tokens_limit, max_body_bytes)
     print(f"serving {name} ({quantization}, batches up to {max_batch_size}) on http://{host}:{sock.getsockname()[1]}",
           flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

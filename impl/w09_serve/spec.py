@@ -50,6 +50,9 @@ class QuantizeSpec(Strict):
     rouge_examples: int = 24  # the first N of w07's held-out examples, scored with w07's greedy decoding
     max_new_tokens: int = 32
     batch_size: int = 8
+    # a GPU too small for the unquantised reference (a 7B in bf16 on 12 GB): keep at most this much of it on the
+    # GPU and the rest in CPU memory (accelerate's device_map); None: the whole model on the GPU
+    unquantised_max_gpu_memory_gb: float | None = None
 
 
 class ServeSpec(Strict):
