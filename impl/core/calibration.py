@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from impl.core.errors import MilestonesError
-from impl.core.profiles import load_profile, resolve_path
+from impl.core.profiles import load_profile, reseeded, resolve_path
 from impl.core.targets import Target
 
 DEFAULT_HEADROOM = 1.1
@@ -72,17 +72,8 @@ def suggest(target: Target, values: list[float], trivial: dict[str, float] | Non
 
 def seeded_profile(raw: dict, milestone: str, seed: int) -> dict:
     """A copy of a profile's YAML with every `seed` of the milestone set to `seed` and no target's `seeds`."""
-    def reseed(node):
-        if isinstance(node, dict):
-            return {k: (seed if k == "seed" and isinstance(v, int) else reseed(v)) for k, v in node.items()
-                    if k != "seeds"}
-        if isinstance(node, list):
-            return [reseed(v) for v in node]
-        return node
-
-    out = json.loads(json.dumps(raw))
-    out["milestones"][milestone] = reseed(out["milestones"][milestone])
-    return out
+    return {**raw, "milestones": {**raw["milestones"],
+                                  milestone: reseeded(raw["milestones"][milestone], seed, drop=("seeds",))}}
 
 
 def run_seed(profile_path: Path, milestone: str, seed: int, work: Path, reuse: bool) -> list[dict]:

@@ -141,16 +141,19 @@ def override(spec: BaseModel, **sections: dict) -> BaseModel:
     return type(spec).model_validate(d)
 
 
+def reseeded(node, seed: int, drop: tuple[str, ...] = ()):
+    """A copy of a spec's plain data with every integer `seed` field set to `seed` and the keys in `drop` left out."""
+    if isinstance(node, dict):
+        return {k: (seed if k == "seed" and isinstance(v, int) else reseeded(v, seed, drop))
+                for k, v in node.items() if k not in drop}
+    if isinstance(node, list):
+        return [reseeded(v, seed, drop) for v in node]
+    return node
+
+
 def with_seed(spec: BaseModel, seed: int) -> BaseModel:
     """A validated copy of a milestone spec with every `seed` field (train, stories, parity ...) set to `seed`."""
-    def reseed(node):
-        if isinstance(node, dict):
-            return {k: (seed if k == "seed" and isinstance(v, int) else reseed(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [reseed(v) for v in node]
-        return node
-
-    return type(spec).model_validate(reseed(spec.model_dump()))
+    return type(spec).model_validate(reseeded(spec.model_dump(), seed))
 
 
 def deep_merge(into: dict, fields: dict) -> None:
