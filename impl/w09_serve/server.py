@@ -281,8 +281,8 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
         return error(500, f"internal error: {exc.__class__.__name__}: {exc}", "server_error")
 
     def check(req: _Request, prompts: list[list[int]]) -> None:
-        if req.unsupported():
-            names = req.unsupported()
+        names = req.unsupported()
+        if names:
             raise RequestError(400, f"unsupported parameter(s) {', '.join(names)}: the transformers backend does not "
                                "honour them (vLLM's server does)", param=names[0])
         if req.stream:
