@@ -66,8 +66,9 @@ def pytest_configure_node(node):  # xdist controller -> each worker: one session
 
 
 # The order in which pytest-xdist hands out work: the longest groups first, so two workers finish together.
-# w09's checks reuse w07's tuned model, so they run on w07's worker, after it.
-XDIST_ORDER = ["acceptance:w07", "acceptance:w03", "acceptance:w05", "acceptance:w01", "acceptance:w13"]
+# w09's and w15's checks reuse w07's tuned model, so they run on w07's worker, after it.
+XDIST_ORDER = ["acceptance:w07", "acceptance:w03", "acceptance:w05", "acceptance:w11", "acceptance:w01", "acceptance:w13",
+               "acceptance:w15"]
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into group names
@@ -77,7 +78,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         mark = item.get_closest_marker("check")
         if mark is not None:
-            group = "acceptance:" + ("w07" if mark.args[0] == "w09" else mark.args[0])
+            group = "acceptance:" + ("w07" if mark.args[0] in ("w09", "w15") else mark.args[0])
         else:
             group = item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))

@@ -7,6 +7,8 @@
     python -m impl train w05 --profile cpu    # the DeepSpeed ZeRO-2 run on 2 processes (torchrun)
     python -m impl train w07 --profile cpu    # LoRA and QLoRA instruction tuning, ROUGE-L before/after
     python -m impl train w09 --profile cpu    # quantise w07's model (int8, nf4) and measure it; one load test
+    python -m impl train w11 --profile cpu    # RAG: index the paragraphs, answer questions (closed-book, RAG, oracle)
+    python -m impl train w15 --profile cpu    # lm-eval: 3 models x 5 BIG-bench tasks, the comparison report
     python -m impl serve --model DIR          # an OpenAI-compatible server on 127.0.0.1:8000 (see --help)
     python -m impl calibrate w01 --profile cpu --seeds 0,1,2   # suggest thresholds for your machine
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
@@ -104,7 +106,31 @@ def _train_w09(spec, runs, profile):
     return RunResult(q.run_dir, {f"load {k}": v for k, v in load.items()})
 
 
-TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05, "w07": _train_w07, "w09": _train_w09}
+def _train_w11(spec, runs, profile):
+    from impl import adapters
+
+    r = adapters.w11_rag(spec, runs, progress=True)
+    m = r.metrics
+    print(f"F1 closed-book {m['closed_book_f1']:.3f} < RAG {m['f1']:.3f} <= oracle {m['oracle_f1']:.3f}; "
+          f"recall@{m['k']} dense {m['recall_at_k']:.3f}, BM25 {m['bm25_recall_at_k']:.3f}, random "
+          f"{m['random_recall_at_k']:.3f}")
+    return r
+
+
+def _train_w15(spec, runs, profile):
+    from impl import adapters
+
+    r = adapters.w15_evaluate(spec, profile, runs)
+    print(r.metrics["report"])
+    if r.metrics.get("protocol"):
+        p = r.metrics["protocol"]
+        print(f"protocol check ({p['task']}, {p['model']}): harness acc {p['harness_acc']:.4f}, recomputed "
+              f"{p['our_acc']:.4f} over {p['items']} items")
+    return r
+
+
+TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05, "w07": _train_w07, "w09": _train_w09,
+            "w11": _train_w11, "w15": _train_w15}
 
 
 def cmd_calibrate(args) -> int:

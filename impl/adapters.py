@@ -20,7 +20,8 @@ def w01_train(spec, runs: Runs, progress: bool = False) -> RunResult:
     """Train (or reuse / resume) the profile's w01 run; metrics include val_ppl, val_bpb and unigram_val_ppl."""
     from impl.w01_gpt import train
 
-    return train.run(spec, runs.dir_for(spec.model_dump(exclude={"targets", "ddp_parity"})), progress=progress)
+    with runs.exclusive():
+        return train.run(spec, runs.dir_for(spec.model_dump(exclude={"targets", "ddp_parity"})), progress=progress)
 
 
 def w01_ddp_parity(spec, runs: Runs, skip_allreduce: bool = False) -> dict:
@@ -88,8 +89,9 @@ def w07_tune(spec, runs: Runs, variant: str, progress: bool = False) -> RunResul
 
     if variant not in ("lora", "qlora"):
         raise ValueError(f"variant must be 'lora' or 'qlora'; got {variant!r}")
-    return tune.run(spec, variant, runs.dir_for({**spec.model_dump(exclude={"targets"}), "variant": variant},
-                                                 name=variant), progress)
+    with runs.exclusive():
+        return tune.run(spec, variant, runs.dir_for({**spec.model_dump(exclude={"targets"}), "variant": variant},
+                                                     name=variant), progress)
 
 
 # --- w09: quantisation and serving ----------------------------------------------------------------------
@@ -118,6 +120,32 @@ def w09_serve_under_load(spec, model: str, out_dir, max_batch_size: int | None =
     return run.serve_under_load(spec, model, out_dir, max_batch_size)
 
 
+# --- w11: retrieval-augmented QA with LangChain ------------------------------------------------------------
+def w11_rag(spec, runs: Runs, progress: bool = False, retriever: str = "dense") -> RunResult:
+    """Build (or reuse) the profile's FAISS index and answer its sampled questions closed-book, with RAG and with
+    the gold paragraph (oracle); metrics: f1, exact_match, closed_book_f1, oracle_f1, recall_at_k with its
+    bm25 and random baselines, latency_ms (retrieval, generation: p50/p95). `retriever` "random" (the sabotage
+    twin): the chain retrieves k random chunks."""
+    from impl.w11_rag import run
+
+    return run.run(spec, runs, progress, retriever)
+
+
+def w11_chain(spec, runs: Runs):
+    """The LangChain RAG chain itself (question -> short answer) over the profile's index, for interactive use."""
+    from impl.core.hf import resolve_model
+    from impl.w11_rag import chain, index, run
+    from impl.w11_rag.data import load_qa
+
+    documents = run.indexed_documents(spec, load_qa(spec.data))
+    index_dir = run.build_index(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), documents)
+    store, _, _ = index.load(index_dir / "index", resolve_model(spec.embedding_model), spec.embedding_model)
+    g = spec.generate
+    generator = chain.load_generator(resolve_model(spec.generator), g.max_new_tokens, g.max_prompt_tokens,
+                                     g.batch_size, g.dtype)
+    return chain.rag_chain(store.as_retriever(search_kwargs={"k": spec.retrieve_k}), generator)
+
+
 # --- w13: tensor and pipeline parallelism -----------------------------------------------------------------
 def w13_parallel(spec, runs: Runs, kind: str, sabotage: bool = False, timeout_s: float = 1800,
                  inject_fault: str | None = None) -> dict:
@@ -133,3 +161,15 @@ def w13_analysis(tp: dict | None, pp: dict | None) -> str:
     from impl.w13_parallel.run import analysis_markdown
 
     return analysis_markdown(tp, pp)
+
+
+# --- w15: evaluation with lm-evaluation-harness -------------------------------------------------------------
+def w15_evaluate(spec, profile, runs: Runs, sabotage: str | None = None) -> RunResult:
+    """Every model of the profile on every task through `lm_eval.simple_evaluate` (w01's GPT and w07's tuned model
+    reused when complete, trained first otherwise); metrics: scores (model -> task -> value, stderr, n-shot),
+    averages, chance (local tasks), cells_missing, protocol (one task's accuracy recomputed outside the harness),
+    leaderboard (when the profile names published scores), report (Markdown). `sabotage="equal_loglikelihoods"`
+    (the twin): the pretrained model replaced by one whose every log-likelihood is 0."""
+    from impl.w15_eval import run
+
+    return run.evaluate(spec, profile, runs, sabotage=sabotage)

@@ -6,12 +6,14 @@ incomplete one that has a checkpoint, or makes a new one.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +103,16 @@ class Runs:
 
     def dir_for(self, config: dict, name: str = "") -> Path:
         return find_run(self.milestone + (f"/{name}" if name else ""), self.profile, config, self.reuse, self.root)
+
+    @contextmanager
+    def exclusive(self):
+        """Held while a run is found and trained, so that a second process wanting the same milestone's run (w15
+        reusing w01's and w07's under pytest-xdist) waits for it and then reuses it instead of training a copy."""
+        base = (self.root or artifacts_root()) / self.milestone / self.profile
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
 
 @dataclass

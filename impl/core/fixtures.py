@@ -234,8 +234,21 @@ def _natural_instructions(raw: Path, out: Path) -> None:
     (out / "subtasks.json").write_text(json.dumps(index, indent=1, ensure_ascii=False))
 
 
+def _bigbench_tasks(raw: Path, out: Path) -> None:
+    """BIG-bench tasks kept as their own task.json, one file per task (`<task>.json`, or `<task>__<subtask>.json`
+    for a task with subtask folders): w11 reads disfl_qa's Wikipedia contexts, w15 the multiple-choice tasks."""
+    found = sorted(raw.glob("*/bigbench/benchmark_tasks/**/task.json"))
+    if not found:
+        raise FixtureError("bigbench-tasks: no task.json among the extracted members")
+    for task in found:
+        tasks_root = next(p for p in task.parents if p.name == "benchmark_tasks")
+        name = "__".join(task.parent.relative_to(tasks_root).parts)
+        shutil.copy(task, out / f"{name}.json")
+
+
 CONVERTERS = {"austen": _austen, "brown": _brown, "gpt2-tokenizer": _gpt2_tokenizer, "pang-lee": _pang_lee,
-              "minilm": _minilm, "smollm2": _smollm2, "natural-instructions": _natural_instructions}
+              "minilm": _minilm, "smollm2": _smollm2, "natural-instructions": _natural_instructions,
+              "bigbench-tasks": _bigbench_tasks}
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -264,6 +264,46 @@ def _curve_svg(row: dict) -> str:
             f"<text x='{w / 2:.0f}' y='{h - 6}' font-size='9' text-anchor='middle'>training loss</text></svg>")
 
 
+BAR_COLOURS = ["#1565c0", "#ef6c00", "#2e7d32", "#6a1b9a", "#c62828", "#00838f"]
+
+
+def _bars_svg(row: dict) -> str:
+    """A grouped bar chart of a check's `scores by model` (model -> group -> value in [0, 1], e.g. per-task
+    accuracies): one group per task, one bar per model, a legend."""
+    scores = (row.get("extra") or {}).get("scores by model")
+    if not isinstance(scores, dict) or not scores:
+        return ""
+    models = list(scores)
+    groups = list(dict.fromkeys(g for m in models for g in scores[m]))
+    values = [v for m in models for v in scores[m].values() if isinstance(v, (int, float))]
+    top = max([1.0, *values]) if values and max(values) > 1 else 1.0
+    bar, gap, h, left = 10, 14, 150, 34
+    gw = bar * len(models) + gap
+    w = left + gw * len(groups) + 10
+    parts = [f"<svg class='bars' width='{w}' height='{h + 50 + 14 * len(models)}' role='img' "
+             f"aria-label='scores per model and task'>",
+             f"<line x1='{left}' x2='{w - 10}' y1='{h}' y2='{h}' stroke='#999'/>",
+             f"<text x='{left - 4}' y='14' font-size='9' text-anchor='end'>{top:g}</text>",
+             f"<text x='{left - 4}' y='{h}' font-size='9' text-anchor='end'>0</text>"]
+    for gi, g in enumerate(groups):
+        x0 = left + gi * gw + gap / 2
+        for mi, m in enumerate(models):
+            v = scores[m].get(g)
+            if not isinstance(v, (int, float)) or v != v:
+                continue
+            bh = (h - 10) * max(0.0, v) / top
+            parts.append(f"<rect x='{x0 + mi * bar:.1f}' y='{h - bh:.1f}' width='{bar - 1}' height='{bh:.1f}' "
+                         f"fill='{BAR_COLOURS[mi % len(BAR_COLOURS)]}'><title>{html.escape(f'{m} {g}: {v:.4g}')}"
+                         f"</title></rect>")
+        parts.append(f"<text x='{x0 + bar * len(models) / 2:.1f}' y='{h + 12}' font-size='8' text-anchor='middle'>"
+                     f"{html.escape(str(g)[:16])}</text>")
+    for mi, m in enumerate(models):
+        y = h + 28 + 14 * mi
+        parts.append(f"<rect x='{left}' y='{y - 8}' width='9' height='9' fill='{BAR_COLOURS[mi % len(BAR_COLOURS)]}'/>"
+                     f"<text x='{left + 13}' y='{y}' font-size='10'>{html.escape(m)}</text>")
+    return "".join(parts) + "</svg>"
+
+
 def _value_html(v) -> str:
     """Multi-line text (stage tables, examples, analyses) is Markdown: rendered; the rest as it is."""
     if isinstance(v, str) and "\n" in v:
@@ -320,7 +360,7 @@ def html_page(card: dict) -> str:
                 f"<small class='fn'>{html.escape(r['check'])} · {html.escape(r['profile'])}</small></h3>{value}"
                 + (f"<p class='why'>{html.escape(r['message'][:400])}</p>"
                    if r.get("message") and r["status"] != "pass" else "")
-                + f"<div class='plots'>{_gauge(r)}{_curve_svg(r)}</div>"
+                + f"<div class='plots'>{_gauge(r)}{_curve_svg(r)}{_bars_svg(r)}</div>"
                 f"<p class='meta'>data: {html.escape(r.get('data') or '-')}<br>protocol: {html.escape(r.get('protocol') or '-')}"
                 f"<br>measured on: {html.escape(provenance(r))}"
                 + (f"<br>last attempted: {html.escape(_attempt(r['last_attempt']))}" if r.get("last_attempt") else "")

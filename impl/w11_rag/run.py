@@ -1,0 +1,193 @@
+"""w11 end to end: index the documents, answer sampled questions three ways, score them.
+
+    python -m impl train w11 --profile cpu     # builds (or reuses) the index, answers, writes metrics.json
+
+1. The index (an artifact of its own, reused by every question sample): documents split by
+   langchain-text-splitters, embedded by a sentence-transformers model, stored by faiss (see index.py).
+2. Retrieval recall@k on the sampled questions (a retrieved chunk is gold when it comes from the question's own
+   paragraph and contains a gold answer), for the dense retriever, BM25 (rank-bm25, same chunks, lower-cased
+   word tokens) and a retriever returning k random chunks.
+3. Answers: RAG (LangChain's chain, one question at a time, retrieval and generation timed separately),
+   closed-book (no context) and oracle (the gold paragraph), the last two batched; SQuAD v1.1 EM and F1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+from impl.core.artifacts import RunResult, Runs, environment, write_json
+from impl.core.errors import MilestonesError
+from impl.core.hf import resolve_model
+from impl.core.metrics import load_metric
+from impl.w11_rag import chain, index
+from impl.w11_rag.data import QASet, load_qa
+from impl.w11_rag.spec import W11Spec
+
+RECALL_KS = (1, 3, 5, 10)  # the table; the chain's own k is added
+RETRIEVERS = ("dense", "bm25", "random")
+
+
+def indexed_documents(spec: W11Spec, qa: QASet) -> dict[str, str]:
+    ids = sorted(qa.documents, key=lambda d: hashlib.sha256(d.encode()).hexdigest())[:spec.max_documents]
+    return {d: qa.documents[d] for d in ids}
+
+
+def build_index(spec: W11Spec, runs: Runs, documents: dict[str, str], progress: bool = False) -> Path:
+    """The index directory, built unless a complete one for the same documents and settings exists."""
+    config = {"embedding_model": spec.embedding_model, "chunks": spec.chunks.model_dump(),
+              "documents": hashlib.sha256(json.dumps(documents, sort_keys=True).encode()).hexdigest()}
+    run_dir = runs.dir_for(config, name="index")
+    if not (run_dir / "metrics.json").exists():
+        start = time.time()
+        manifest = index.build(documents, run_dir / "index", resolve_model(spec.embedding_model),
+                               spec.embedding_model, spec.chunks.size, spec.chunks.overlap, progress)
+        write_json(run_dir / "metrics.json", {**manifest, "build_seconds": round(time.time() - start, 1)})
+    return run_dir
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+class Bm25Retriever:
+    """Okapi BM25 (rank-bm25's defaults, k1 1.5, b 0.75) over the same chunks."""
+
+    def __init__(self, chunks: list[dict]):
+        from rank_bm25 import BM25Okapi
+
+        self.chunks, self.bm25 = chunks, BM25Okapi([_words(c["text"]) or ["<empty>"] for c in chunks])
+
+    def top(self, question: str, k: int) -> list[dict]:
+        import numpy as np
+
+        scores = self.bm25.get_scores(_words(question))
+        return [self.chunks[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+class RandomRetriever:
+    """k chunks drawn uniformly: the no-skill retriever, and the sabotage twin's."""
+
+    def __init__(self, chunks: list[dict], seed: int):
+        self.chunks, self.rng = chunks, random.Random(seed)
+
+    def top(self, question: str, k: int) -> list[dict]:
+        return self.rng.sample(self.chunks, k)
+
+
+def random_retriever_runnable(chunks: list[dict], seed: int, k: int):
+    """The random retriever as a LangChain runnable, so the RAG chain itself can be sabotaged."""
+    from langchain_core.documents import Document
+    from langchain_core.runnables import RunnableLambda
+
+    r = RandomRetriever(chunks, seed)
+    return RunnableLambda(lambda q: [Document(page_content=c["text"], metadata={"doc_id": c["doc_id"],
+                                                                               "chunk_id": c["id"]})
+                                     for c in r.top(q, k)])
+
+
+def _is_gold(chunk: dict, q) -> bool:
+    return chunk["doc_id"] == q.doc_id and any(a in chunk["text"] for a in q.answers)
+
+
+def _percentile(values: list[float], p: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, p)) if values else float("nan")
+
+
+def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "dense") -> RunResult:
+    """`retriever` "random" is the sabotage twin: the chain retrieves k random chunks."""
+    if retriever not in ("dense", "random"):
+        raise ValueError(f"retriever must be 'dense' or 'random'; got {retriever!r}")
+    qa = load_qa(spec.data)
+    documents = indexed_documents(spec, qa)
+    eligible = QASet(documents, [q for q in qa.questions if q.doc_id in documents], qa.description)
+    questions = eligible.sample(spec.questions, spec.seed)
+    index_run = build_index(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), documents, progress)
+    run_dir = runs.dir_for({**spec.model_dump(exclude={"targets"}), "retriever": retriever})
+    if (run_dir / "metrics.json").exists():
+        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
+
+    store, chunks, manifest = index.load(index_run / "index", resolve_model(spec.embedding_model),
+                                         spec.embedding_model)
+    ks = sorted({*RECALL_KS, spec.retrieve_k})
+    k_max = max(ks)
+    dense = store.as_retriever(search_kwargs={"k": k_max})
+    bm25, rand = Bm25Retriever(chunks), RandomRetriever(chunks, spec.seed)
+    by_id = {c["id"]: c for c in chunks}
+    ranked = {"dense": [[by_id[d.metadata["chunk_id"]] for d in dense.invoke(q.question)] for q in questions],
+              "bm25": [bm25.top(q.question, k_max) for q in questions],
+              "random": [rand.top(q.question, k_max) for q in questions]}
+    recall = {name: {k: sum(any(_is_gold(c, q) for c in hits[:k]) for q, hits in zip(questions, lists)) / len(questions)
+                     for k in ks} for name, lists in ranked.items()}
+
+    g = spec.generate
+    generator = chain.load_generator(resolve_model(spec.generator), g.max_new_tokens, g.max_prompt_tokens,
+                                     g.batch_size, g.dtype)
+    if retriever == "dense":
+        chain_retriever = store.as_retriever(search_kwargs={"k": spec.retrieve_k})
+    else:
+        chain_retriever = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)
+    answer = chain.answer_chain(generator)
+    from tqdm.auto import tqdm
+
+    rag, retrieved, retrieval_ms, generation_ms = [], [], [], []
+    for q in tqdm(questions, desc="RAG, one question at a time", disable=not progress):
+        t0 = time.perf_counter()
+        docs = chain_retriever.invoke(q.question)
+        t1 = time.perf_counter()
+        rag.append(answer.invoke({"question": q.question, "context": docs}))
+        t2 = time.perf_counter()
+        retrieved.append(docs)
+        retrieval_ms.append(1000 * (t1 - t0))
+        generation_ms.append(1000 * (t2 - t1))
+    rag_truncated = len(generator.truncated)
+    closed = answer.batch([{"question": q.question, "context": None} for q in questions])
+    oracle = answer.batch([{"question": q.question, "context": documents[q.doc_id]} for q in questions])
+
+    squad = load_metric("squad")
+    refs = [q.answers for q in questions]
+    scores = {name: squad.compute(predictions=preds, references=refs)
+              for name, preds in (("rag", rag), ("closed_book", closed), ("oracle", oracle))}
+    with open(run_dir / "answers.jsonl", "w") as f:
+        for i, q in enumerate(questions):
+            f.write(json.dumps({"id": q.id, "question": q.question, "answers": q.answers, "rag": rag[i],
+                                "closed_book": closed[i], "oracle": oracle[i],
+                                "retrieved": [d.metadata["chunk_id"] for d in retrieved[i]],
+                                "rag_f1": scores["rag"]["f1_per_example"][i],
+                                "retrieval_ms": round(retrieval_ms[i], 2),
+                                "generation_ms": round(generation_ms[i], 1)}, ensure_ascii=False) + "\n")
+    k = spec.retrieve_k
+    metrics = {
+        "f1": scores["rag"]["f1"] / 100, "exact_match": scores["rag"]["exact_match"] / 100,
+        "closed_book_f1": scores["closed_book"]["f1"] / 100, "closed_book_exact_match": scores["closed_book"]["exact_match"] / 100,
+        "oracle_f1": scores["oracle"]["f1"] / 100, "oracle_exact_match": scores["oracle"]["exact_match"] / 100,
+        # the retriever the chain used (dense; random in the sabotage twin), at the chain's k
+        "recall_at_k": sum(any(_is_gold(by_id[d.metadata["chunk_id"]], q) for d in docs)
+                           for q, docs in zip(questions, retrieved)) / len(questions),
+        "bm25_recall_at_k": recall["bm25"][k], "random_recall_at_k": recall["random"][k],
+        "recall": {name: {str(kk): v for kk, v in r.items()} for name, r in recall.items()},
+        "k": k, "retriever": retriever,
+        "latency_ms": {part: {"p50": _percentile(v, 50), "p95": _percentile(v, 95), "mean": sum(v) / len(v)}
+                       for part, v in (("retrieval", retrieval_ms), ("generation", generation_ms),
+                                       ("total", [a + b for a, b in zip(retrieval_ms, generation_ms)]))},
+        "prompts_with_context_cut": rag_truncated, "questions": len(questions),
+        "index": {**{key: manifest[key] for key in ("chunks", "documents", "dimension", "chunk_size", "chunk_overlap",
+                                                    "metric", "embedding_model")},
+                  "dir": str(index_run / "index"),
+                  "build_seconds": json.loads((index_run / "metrics.json").read_text()).get("build_seconds")},
+        "data": f"{qa.description}; {len(documents):,} paragraphs indexed ({manifest['chunks']:,} chunks), "
+                f"{len(questions)} questions on them (seed {spec.seed} sample)",
+        "generator": spec.generator, "embedding_model": spec.embedding_model,
+        "decoding": f"greedy, max {g.max_new_tokens} new tokens, first line kept; prompt <= {g.max_prompt_tokens} "
+                    f"tokens (retrieved context cut from its end when longer), {g.dtype}",
+        "examples": [{"question": q.question, "gold": q.answers[0], "rag": rag[i], "closed_book": closed[i],
+                      "oracle": oracle[i]} for i, q in enumerate(questions[:spec.examples_in_report])],
+        "environment": environment(),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    return RunResult(run_dir, metrics)

@@ -1,0 +1,60 @@
+"""What a hardware profile says about w11; validated when the profile is loaded.
+
+    w11:
+      data: {source: offline, corpus: [disfl-qa]}       # or {source: hub, hub_path: rajpurkar/squad}
+      questions: 120                                    # answerable questions scored, a seeded sample
+      chunks: {size: 600, overlap: 100}
+      embedding_model: fixture:minilm
+      generator: fixture:smollm2
+      retrieve_k: 3
+      generate: {max_new_tokens: 24, max_prompt_tokens: 1024, batch_size: 8}
+      targets: {f1: ..., recall_at_k: ...}
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from impl.core.corpora import DataSource
+from impl.core.targets import Target
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QAData(DataSource):
+    """Offline: BIG-bench `disfl_qa` (SQuAD's Wikipedia paragraphs, disfluent questions, one gold span) or the
+    natural_instructions Quoref subtask (Wikipedia passages, fluent questions). Hub: a SQuAD-format dataset
+    (id, title, context, question, answers.text) and its `split`."""
+    corpus: list[Literal["disfl-qa", "quoref"]] = []
+    split: str = "validation"
+
+
+class ChunkSpec(Strict):
+    """langchain-text-splitters' RecursiveCharacterTextSplitter, in characters."""
+    size: int = 600
+    overlap: int = 100
+
+
+class GenerateSpec(Strict):
+    """Greedy decoding. A prompt longer than `max_prompt_tokens` loses context from its end, never the question."""
+    max_new_tokens: int = 24
+    max_prompt_tokens: int = 1024
+    batch_size: int = 8
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class W11Spec(Strict):
+    data: QAData
+    max_documents: int | None = None  # index only the first N documents in sha256 order (None: all of them)
+    questions: int  # answerable questions on indexed documents, scored; a sample drawn with the seed
+    seed: int = 0
+    chunks: ChunkSpec = ChunkSpec()
+    embedding_model: str  # a sentence-transformers model: hub id, local dir, or fixture:NAME
+    generator: str  # a causal LM with a chat template
+    retrieve_k: int = 3
+    generate: GenerateSpec = GenerateSpec()
+    examples_in_report: int = 8
+    targets: dict[Literal["f1", "recall_at_k"], Target]

@@ -1,0 +1,197 @@
+"""w11's sabotage twin (a chain retrieving random chunks fails the recall and F1 targets), the index as a checked
+artifact (never unpickled; corrupt, truncated, mismatched and empty indexes refused), the prompt that cuts
+context but never the question, SQuAD's official scoring, and the gpu1 path shrunk onto this CPU (a SQuAD-format
+local directory, bf16, a tiny chat model), with the LangChain chain giving the answers that were scored."""
+import json
+
+import pytest
+
+from impl import adapters
+from impl.core.artifacts import Runs
+from impl.core.corpora import DataError
+from impl.core.fixtures import fixture_path
+from impl.core.hf import resolve_model
+from impl.core.metrics import load_metric
+from impl.core.profiles import load_profile, override
+from impl.w11_rag import chain, index
+from impl.w11_rag.index import IndexError_
+
+CPU = load_profile("cpu").milestone("w11")
+GPU1 = load_profile("gpu1").milestone("w11")
+MINILM = "fixture:minilm"
+DOCS = {"d1": "The Rhine flows from the Swiss Alps to the North Sea. " * 3,
+        "d2": "Oxygen makes up about a fifth of the Earth's atmosphere by volume.",
+        "d3": "Galileo showed that falling objects fall at the same rate regardless of weight."}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return Runs("w11", "test", root=tmp_path / "artifacts")
+
+
+@pytest.fixture
+def built_index(tmp_path):
+    index.build(DOCS, tmp_path / "index", resolve_model(MINILM), MINILM, size=80, overlap=10)
+    return tmp_path / "index"
+
+
+# --- the sabotage twin ---------------------------------------------------------------------------------------
+def test_a_chain_retrieving_random_chunks_fails_the_recall_and_f1_targets(runs):
+    """The cpu protocol (its prompt, generator, chunking and k) on fewer paragraphs and questions, the chain's
+    retriever replaced by one returning random chunks."""
+    spec = override(CPU, max_documents=60, questions=8)
+    m = adapters.w11_rag(spec, runs, retriever="random").metrics
+    f1, recall = CPU.targets["f1"], CPU.targets["recall_at_k"]
+    assert not f1.passes(f1.checked_value(m["f1"], {"closed_book": m["closed_book_f1"]})), m["f1"]
+    assert not recall.passes(recall.checked_value(m["recall_at_k"], {"random": m["random_recall_at_k"]})), m["recall_at_k"]
+    assert m["recall"]["dense"][str(spec.retrieve_k)] > m["recall_at_k"]  # the index itself was fine
+    assert m["retriever"] == "random" and len(m["examples"]) == min(8, spec.examples_in_report)
+
+
+# --- the index as an artifact --------------------------------------------------------------------------------
+def test_the_index_is_written_without_pickle_and_reloads_into_langchains_faiss_store(built_index):
+    assert sorted(p.name for p in built_index.iterdir()) == sorted(index.INDEX_FILES)
+    store, chunks, manifest = index.load(built_index, resolve_model(MINILM), MINILM)
+    assert manifest["dimension"] == 384 and manifest["chunks"] == len(chunks) > len(DOCS)  # d1 was split
+    top = store.as_retriever(search_kwargs={"k": 1}).invoke("What fraction of the atmosphere is oxygen?")
+    assert top[0].metadata["doc_id"] == "d2"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "chunks.jsonl").write_text((d / "chunks.jsonl").read_text().replace("Rhine", "Rhone")),
+     "sha256 does not match"),
+    (lambda d: (d / "index.faiss").write_bytes((d / "index.faiss").read_bytes()[:100]), "sha256 does not match"),
+    (lambda d: (d / "index.faiss").unlink(), "missing index.faiss"),
+    (lambda d: (d / "manifest.json").write_text("{not json"), "not a valid manifest"),
+])
+def test_a_corrupt_or_truncated_index_is_refused_with_one_clear_error(built_index, damage, message):
+    damage(built_index)
+    with pytest.raises(IndexError_, match=message):
+        index.load(built_index, resolve_model(MINILM), MINILM)
+
+
+def test_an_index_of_another_dimension_or_embedding_model_is_refused(built_index):
+    import faiss
+
+    with pytest.raises(IndexError_, match="built with 'fixture:minilm'"):
+        index.load(built_index, resolve_model(MINILM), "sentence-transformers/all-mpnet-base-v2")
+    # an index of 8-d vectors whose manifest agrees with it: the query embedder's 384 dimensions do not
+    manifest = json.loads((built_index / "manifest.json").read_text())
+    small = faiss.IndexFlatIP(8)
+    small.add(__import__("numpy").zeros((manifest["chunks"], 8), dtype="float32"))
+    faiss.write_index(small, str(built_index / "index.faiss"))
+    manifest["dimension"] = 8
+    manifest["sha256"]["index.faiss"] = index._sha256(built_index / "index.faiss")
+    (built_index / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexError_, match="dimension 8, but fixture:minilm embeds to 384"):
+        index.load(built_index, resolve_model(MINILM), MINILM)
+
+
+def test_an_empty_corpus_is_refused_and_nothing_is_left_in_the_artifacts(tmp_path, runs):
+    with pytest.raises(IndexError_, match="no chunks"):
+        index.build({"empty": "   "}, tmp_path / "index", resolve_model(MINILM), MINILM, 500, 50)
+    assert not (tmp_path / "index").exists()
+    empty = squad_dir(tmp_path / "empty", rows=[])
+    with pytest.raises(DataError, match="empty"):
+        adapters.w11_rag(override(GPU1, data={"local_dir": str(empty)}), runs)
+    assert not (tmp_path / "artifacts").exists() or not any((tmp_path / "artifacts").rglob("metrics.json"))
+
+
+# --- the prompt ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(fixture_path("smollm2"))
+
+
+def test_a_long_context_is_cut_from_its_end_never_the_question_and_counted(smollm2_tokenizer):
+    g = chain.Generator(llm=None, tokenizer=smollm2_tokenizer, max_prompt_tokens=200)
+    question = "Which river flows from the Swiss Alps to the North Sea?"
+    prompt = g.render({"question": question, "context": "The Rhine is long. " * 200})
+    assert question in prompt and len(smollm2_tokenizer(prompt, add_special_tokens=False).input_ids) <= 200
+    assert prompt.count("The Rhine is long.") < 200 and g.truncated == [question]
+    assert "Question:" in g.render({"question": question, "context": None}) and len(g.truncated) == 1
+
+
+def test_a_question_longer_than_the_generators_prompt_is_a_clear_error(smollm2_tokenizer):
+    g = chain.Generator(llm=None, tokenizer=smollm2_tokenizer, max_prompt_tokens=200)
+    with pytest.raises(chain.PromptTooLong, match="no room for any context"):
+        g.render({"question": "why " * 300, "context": "The Rhine."})
+
+
+# --- scoring --------------------------------------------------------------------------------------------------
+def test_squad_scoring_normalises_as_the_official_script():
+    squad = load_metric("squad")
+    r = squad.compute(predictions=["The  Denver Broncos!", "Carolina", "a cat"],
+                      references=[["Denver Broncos"], ["Carolina Panthers", "the Panthers"], ["dog"]])
+    assert r["exact_match_per_example"] == [1.0, 0.0, 0.0]
+    assert r["f1_per_example"] == pytest.approx([1.0, 2 / 3, 0.0])
+    assert r["f1"] == pytest.approx(100 * (1 + 2 / 3) / 3)
+
+
+# --- the gpu1 path, shrunk -----------------------------------------------------------------------------------
+def squad_dir(out, rows):
+    """What `datasets` fetches for rajpurkar/squad (id, title, context, question, answers{text, answer_start}),
+    as one validation parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({
+        "id": [r["id"] for r in rows], "title": ["t"] * len(rows), "context": [r["context"] for r in rows],
+        "question": [r["question"] for r in rows],
+        "answers": [{"text": [r["answer"]], "answer_start": [r["context"].find(r["answer"])]} for r in rows]},
+        schema=pa.schema([("id", pa.string()), ("title", pa.string()), ("context", pa.string()),
+                          ("question", pa.string()),
+                          ("answers", pa.struct([("text", pa.list_(pa.string())),
+                                                 ("answer_start", pa.list_(pa.int32()))]))])),
+        out / "validation-00000-of-00001.parquet")
+    return out
+
+
+@pytest.fixture(scope="module")
+def squad_like_dir(tmp_path_factory):
+    """Real SQuAD paragraphs and answers from the offline disfl_qa fixture, in the hub dataset's format."""
+    task = json.loads((fixture_path("bigbench-tasks") / "disfl_qa.json").read_text())
+    rows = []
+    for i, e in enumerate(task["examples"]):
+        question, context = e["input"].split("\ncontext: ", 1)
+        if e["target"] != "unknown" and e["target"] in context:
+            rows.append({"id": str(i), "question": question.strip(), "context": context.strip(), "answer": e["target"]})
+        if len(rows) == 12:
+            break
+    return squad_dir(tmp_path_factory.mktemp("squad"), rows)
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory):
+    """A 2-layer llama with SmolLM2's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-chat-llama")
+    tok = AutoTokenizer.from_pretrained(fixture_path("smollm2"))
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                                 eos_token_id=tok.eos_token_id)).save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.gpu_smoke
+def test_gpu1_path_runs_here_shrunk_and_the_langchain_chain_gives_the_scored_answers(squad_like_dir, tiny_chat_model,
+                                                                                     runs):
+    spec = override(GPU1, data={"local_dir": str(squad_like_dir)}, questions=4, embedding_model=MINILM,
+                    generator=tiny_chat_model, generate={"max_new_tokens": 4, "batch_size": 2})
+    assert spec.generate.dtype == "bfloat16" and spec.targets["f1"].threshold == 0.6
+    r = adapters.w11_rag(spec, runs)
+    m = r.metrics
+    assert m["questions"] == 4 and m["index"]["documents"] == 12 and "rajpurkar/squad" in m["data"]
+    assert 0 <= m["f1"] <= 1 and 0 <= m["oracle_f1"] <= 1 and m["latency_ms"]["generation"]["p95"] > 0
+    first = json.loads((r.run_dir / "answers.jsonl").read_text().splitlines()[0])
+    rag = adapters.w11_chain(spec, runs)
+    assert rag.invoke(first["question"]) == first["rag"]
+    again = adapters.w11_rag(spec, Runs("w11", "test", reuse=True, root=runs.root))
+    assert again.reused and again.metrics["f1"] == m["f1"]
