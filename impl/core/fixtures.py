@@ -263,8 +263,14 @@ def fetch(name: str, log=print) -> Path:
         raise FixtureError(f"unknown fixture {name!r}; known: {', '.join(sources())}")
     final = cache_dir() / name
     if (final / "COMPLETE").exists():
-        log(f"{name}: cached at {final}")
-        return final
+        try:
+            same = json.loads((final / "COMPLETE").read_text()).get("source") == src
+        except ValueError:
+            same = False
+        if same:
+            log(f"{name}: cached at {final}")
+            return final
+        log(f"{name}: the manifest entry changed since it was cached (e.g. more members): converting again")
     archive = _download(src, cache_dir() / "downloads")
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         raw, out = Path(tmp) / "raw", Path(tmp) / "out"
