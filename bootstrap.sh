@@ -23,11 +23,13 @@ else
         .venv/bin/pip install -q -c .ci/constraints-cpu.txt --no-build-isolation "$DEEPSPEED"
 fi
 
-# The fixtures come through apt-get download and npm pack; the scorecard's page is checked in headless Chromium.
-# A bare Debian image may lack both.
+# The fixtures come through apt-get download and npm pack; the scorecard's page is checked in headless Chromium,
+# and w23's portfolio site through selenium, which drives it with Debian's chromedriver (chromium-driver).
+# A bare Debian image may lack them.
 need=()
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi

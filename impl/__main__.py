@@ -11,6 +11,7 @@
     python -m impl train w15 --profile cpu    # lm-eval: 3 models x 5 BIG-bench tasks, the comparison report
     python -m impl serve --model DIR          # an OpenAI-compatible server on 127.0.0.1:8000 (see --help)
     python -m impl calibrate w01 --profile cpu --seeds 0,1,2   # suggest thresholds for your machine
+    python -m impl portfolio [--check]        # the portfolio site (w23) from reports/scorecard.json -> reports/site/
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
     python -m impl report --merge DIR ...     # fold other machines' reports/ (the nightly GPU artifact) in
     python -m impl test                       # the whole suite: fast tests + cpu checks, then the timing ones
@@ -52,6 +53,8 @@ def cmd_train(args) -> int:
     profile = load_profile(args.profile)
     spec = profile.milestone(args.milestone)
     train = TRAINERS.get(args.milestone)
+    if args.milestone == "w23":
+        raise MilestonesError("w23 trains nothing: build the portfolio site with `python -m impl portfolio`")
     if train is None:
         raise MilestonesError(f"milestone {args.milestone} ({ms.title}) is not implemented yet")
     result = train(spec, Runs(ms.id, profile.name, reuse=args.reuse_artifacts), profile)
@@ -166,6 +169,34 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_portfolio(args) -> int:
+    """Build the portfolio site (MkDocs, Material theme, offline) from the scorecard, its history and the interviews
+    YAML; --check also opens every page in headless Chromium and compares every number with its record."""
+    from impl import adapters
+    from impl.core import scorecard
+    from impl.core.profiles import load_profile, override
+
+    spec = load_profile(args.profile).milestone("w23")
+    if args.interviews:
+        spec = override(spec, interviews=str(args.interviews.resolve()))
+    source = args.scorecard or scorecard.reports_dir() / "scorecard.json"
+    out = args.out or source.parent / "site"
+    site = adapters.w23_build(spec, source, out)
+    print(f"built {len(site.pages)} pages ({site.numbers} numbers cited from {site.rows} scorecard rows, "
+          f"{len(site.evidence.interviews)} of {spec.required_interviews} mock interviews) into {site.path}")
+    print(f"open {site.path / 'index.html'}")
+    if not args.check:
+        return 0
+    checked, mismatched = adapters.w23_numbers(site)
+    browsed = adapters.w23_browse(spec, site, out.parent / "w23_index.png")
+    for line in [*mismatched, *browsed["console_errors"], *browsed["broken_links"], *browsed["broken_images"]]:
+        print(f"  {line}")
+    print(f"numbers: {checked} checked, {len(mismatched)} mismatched; browser: {browsed['pages']} pages, "
+          f"{len(browsed['console_errors'])} console errors, {len(browsed['broken_links'])} broken links, "
+          f"{len(browsed['broken_images'])} broken images; screenshot {browsed['screenshot']}")
+    return 0 if not mismatched and not adapters.w23_problems(browsed) else 1
+
+
 def cmd_test(args, passthrough: list[str]) -> int:
     """The whole test suite in two phases. First everything whose result does not depend on speed, on all cores
     (pytest-xdist, one worker per core, one thread each; a milestone's checks and a test module stay on one
@@ -257,6 +288,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--merge", nargs="+", type=Path, metavar="PATH",
                    help="reports/ directories or scorecard.json files of other machines (the nightly GPU artifact)")
     r.set_defaults(func=cmd_report)
+    po = sub.add_parser("portfolio", help="build the portfolio site (w23) from the scorecard",
+                        description=cmd_portfolio.__doc__)
+    po.add_argument("--scorecard", type=Path, default=None, help="scorecard.json (default: reports/scorecard.json)")
+    po.add_argument("--out", type=Path, default=None, help="the site's directory (default: site/ beside the scorecard)")
+    po.add_argument("--interviews", type=Path, default=None, help="the interviews YAML (default: the profile's)")
+    po.add_argument("--profile", default="cpu", help="the profile whose w23 section to use (default cpu)")
+    po.add_argument("--check", action="store_true", help="also check the site in headless Chromium and its numbers")
+    po.set_defaults(func=cmd_portfolio)
     te = sub.add_parser("test", help="the whole test suite: what times nothing on all cores, then timing alone",
                         description=cmd_test.__doc__)
     te.add_argument("-m", default=None, help="a marker expression, combined with each phase's")

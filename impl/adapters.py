@@ -173,3 +173,54 @@ def w15_evaluate(spec, profile, runs: Runs, sabotage: str | None = None) -> RunR
     from impl.w15_eval import run
 
     return run.evaluate(spec, profile, runs, sabotage=sabotage)
+
+
+# --- w23: the portfolio site -----------------------------------------------------------------------------------------
+def w23_build(spec, scorecard_path, out_dir, history_path=None):
+    """Build the MkDocs site from a scorecard.json (its history.jsonl beside it) and the spec's interviews YAML
+    into `out_dir` (atomically); returns a Site (path, pages, numbers marked up, rows, evidence)."""
+    from pathlib import Path
+
+    from impl.w23_portfolio import site
+
+    return site.build(Path(scorecard_path), Path(out_dir), spec.path(spec.interviews), history_path,
+                      spec.required_interviews)
+
+
+def w23_browse(spec, site, screenshot=None) -> dict:
+    """Every page of a built site in headless Chromium: console_errors, broken_links, broken_images, links and
+    images checked, and a screenshot of the index."""
+    from impl.w23_portfolio import check
+
+    return check.browse(site.path, screenshot, tuple(spec.window))
+
+
+def w23_problems(browsed: dict) -> int:
+    from impl.w23_portfolio import check
+
+    return check.problems(browsed)
+
+
+def w23_numbers(site, scorecard_path=None) -> tuple:
+    """(numbers checked, mismatches) of a built site against the records it cites (the scorecard.json it was
+    built from, unless another is given)."""
+    import json
+    from pathlib import Path
+
+    from impl.w23_portfolio import check
+    from impl.w23_portfolio import site as site_mod
+
+    source = Path(scorecard_path) if scorecard_path else Path(site.path) / site_mod.SOURCE_DIR / "scorecard.json"
+    card = json.loads(source.read_text())
+    history = site_mod.load_history(source.with_name("history.jsonl"))
+    return check.numbers_mismatched(site.path, card, history)
+
+
+def w23_evidence(spec):
+    """The spec's interviews YAML, validated (a missing file is no evidence yet)."""
+    from impl.w23_portfolio.evidence import load_evidence
+
+    return load_evidence(spec.path(spec.interviews))
+
+
+from impl.w23_portfolio.check import BrowserMissing as w23_BrowserMissing  # noqa: E402 (no selenium at import)

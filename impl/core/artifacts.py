@@ -108,9 +108,9 @@ class Runs:
     def exclusive(self):
         """Held while a run is found and trained, so that a second process wanting the same milestone's run (w15
         reusing w01's and w07's under pytest-xdist) waits for it and then reuses it instead of training a copy."""
-        base = (self.root or artifacts_root()) / self.milestone / self.profile
-        base.mkdir(parents=True, exist_ok=True)
-        with open(base / ".lock", "w") as lock:
+        locks = (self.root or artifacts_root()) / ".locks"  # not among the run directories, which users list
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{self.milestone.replace('/', '-')}--{self.profile}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 

@@ -105,14 +105,19 @@ def resolve_path(name_or_path: str | Path) -> Path:
     return candidate
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
-    path = resolve_path(name_or_path)
+def read_yaml(path: Path, error: type[Exception]):
+    """A YAML file's content; broken YAML raises `error` naming the line and column."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ProfileError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise error(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    path = resolve_path(name_or_path)
+    raw = read_yaml(path, ProfileError)
     if not isinstance(raw, dict):
         raise ProfileError(f"{path}: expected a mapping with keys name, description, requires, milestones")
     try:

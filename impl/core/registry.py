@@ -37,7 +37,8 @@ MILESTONES: dict[str, Milestone] = {m.id: m for m in [
     Milestone("w17", "RLHF with TRL", "RLHF model wins > 60% of preference votes against SFT"),
     Milestone("w19", "Data cleaning and a custom tokenizer", "32k SentencePiece tokenizer within 10% ppl of GPT-2's"),
     Milestone("w21", "Multi-node training in containers", "124M GPT on 2+ nodes, scaling efficiency analysed"),
-    Milestone("w23", "Portfolio and interviews", "all projects documented with results"),
+    Milestone("w23", "Portfolio and interviews", "all projects documented with results",
+              "impl.w23_portfolio.spec:W23Spec"),
 ]}
 
 

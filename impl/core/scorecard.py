@@ -112,7 +112,22 @@ def load(out: Path | None = None) -> dict:
 
 def render(card: dict, out: Path) -> None:
     _atomic_write(out / "scorecard.md", markdown(card))
-    _atomic_write(out / "scorecard.html", html_page(card))
+    _atomic_write(out / "scorecard.html", html_page(_images_inlined(card, out)))
+
+
+def _images_inlined(card: dict, base: Path) -> dict:
+    """The HTML page is self-contained: a PNG the rows name beside the report (w23's screenshot) goes in as a
+    data URI; the JSON and Markdown keep the path."""
+    import base64
+
+    rows = []
+    for r in card["rows"]:
+        extra = dict(r.get("extra") or {})
+        for k, v in extra.items():
+            if _is_image(v) and not v.startswith("data:") and (base / v).is_file():
+                extra[k] = "data:image/png;base64," + base64.b64encode((base / v).read_bytes()).decode()
+        rows.append({**r, "extra": extra} if r.get("extra") else r)
+    return {**card, "rows": rows}
 
 
 def _fmt(v) -> str:
@@ -190,6 +205,7 @@ def markdown(card: dict) -> str:
             lines += ["", f"## {r['milestone']} · {r['check']} · {r['profile']}", ""]
             for k, v in extra.items():
                 text = _fmt(v) if not isinstance(v, str) or "\n" not in v else "\n\n    " + v.replace("\n", "\n    ")
+                text = f"![{k}]({v})" if _is_image(v) and not v.startswith("data:") else text
                 lines.append(f"- **{k}**: {text}")
     return "\n".join(lines) + "\n"
 
@@ -304,8 +320,17 @@ def _bars_svg(row: dict) -> str:
     return "".join(parts) + "</svg>"
 
 
+def _is_image(v) -> bool:
+    """A PNG beside the scorecard (a path relative to reports/, e.g. w23's screenshot) or an inline data URI."""
+    return isinstance(v, str) and "\n" not in v and (v.startswith("data:image/png;base64,") or
+                                                    (v.endswith(".png") and "://" not in v))
+
+
 def _value_html(v) -> str:
-    """Multi-line text (stage tables, examples, analyses) is Markdown: rendered; the rest as it is."""
+    """Multi-line text (stage tables, examples, analyses) is Markdown: rendered; an image is shown; the rest as
+    it is."""
+    if _is_image(v):
+        return f"<a href='{html.escape(v)}'><img src='{html.escape(v)}' alt='screenshot' style='max-width:100%;border:1px solid #ddd'></a>"
     if isinstance(v, str) and "\n" in v:
         import markdown
 
