@@ -83,8 +83,25 @@ def pytest_collection_modifyitems(config, items):
             group = item.nodeid.split("::")[0]
         item.add_marker(pytest.mark.xdist_group(group))
         item._xdist_group = group
+        if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
+            _suffix_group(item, group)
     rank = {g: i for i, g in enumerate(XDIST_ORDER)}
     items.sort(key=lambda i: rank.get(i._xdist_group, len(rank)))  # stable: collection order within a group
+
+
+def _suffix_group(item, group: str) -> None:
+    """The scheduler groups work by a `@group` suffix on each node id, which xdist (3.8) writes into
+    `item._nodeid`. pytest 9.2 builds `nodeid` from `item._id` instead, so that write is lost, every test became
+    its own work unit, and a milestone's checks ran on both workers at once (two w15 evaluations racing for one
+    run directory). Write the suffix where this pytest reads it."""
+    tagged = f"{item.nodeid}@{group}"
+    if isinstance(getattr(item, "_id", None), str) or not hasattr(item, "_id"):
+        item._nodeid = tagged
+    else:
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(tagged)
+    assert item.nodeid == tagged, f"cannot tag {item.nodeid!r} with its xdist group"
 
 
 def pytest_generate_tests(metafunc):

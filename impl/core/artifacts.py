@@ -55,8 +55,13 @@ def find_run(milestone: str, profile: str, config: dict, reuse: bool, root: Path
         elif (run / "checkpoint.pt").exists():
             return run  # an interrupted run: resume it
     n = int(runs[-1].name.rsplit("-", 1)[1]) + 1 if runs else 0
-    run = base / f"{h}-{n}"
-    run.mkdir(parents=True)
+    while True:  # another process may take the same number first: take the next one
+        run = base / f"{h}-{n}"
+        try:
+            run.mkdir(parents=True)
+            break
+        except FileExistsError:
+            n += 1
     write_json(run / "config.json", config)
     return run
 
