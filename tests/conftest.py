@@ -55,3 +55,20 @@ def alpaca_like_dir(tmp_path_factory):
                              "output": [r["references"][0] for r in rows], "text": ["" for _ in rows]}),
                    out / "train-00000-of-00001.parquet")
     return out
+
+
+def tiny_llama_dir(out, hidden: int = 64, max_positions: int = 256) -> str:
+    """A 2-layer llama with SmolLM2's tokenizer and chat template, saved in `out`: loads in a second, generates
+    nonsense and scores near chance. The fast tests' stand-in for a real causal LM."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from impl.core.fixtures import fixture_path
+
+    tok = AutoTokenizer.from_pretrained(fixture_path("smollm2"))
+    tok.save_pretrained(out)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 max_position_embeddings=max_positions, eos_token_id=tok.eos_token_id)).save_pretrained(out)
+    return str(out)

@@ -14,10 +14,10 @@ import pytest
 from impl import adapters
 from impl.core.artifacts import Runs
 from impl.core.errors import MilestonesError
-from impl.core.fixtures import fixture_path
 from impl.core.profiles import ProfileError, load_profile, override
 from impl.w09_serve import load as load_test
 from impl.w09_serve.server import TransformersBackend, create_app, vllm_command
+from tests.conftest import tiny_llama_dir
 
 CPU = load_profile("cpu").milestone("w09")
 GPU1 = load_profile("gpu1").milestone("w09")
@@ -31,18 +31,7 @@ def runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_chat_model(tmp_path_factory):
-    """A 2-layer llama with SmolLM2's tokenizer and chat template: loads in a second, generates nonsense."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-chat-llama")
-    tok = AutoTokenizer.from_pretrained(fixture_path("smollm2"))
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                 eos_token_id=tok.eos_token_id)).save_pretrained(out)
-    return str(out)
+    return tiny_llama_dir(tmp_path_factory.mktemp("tiny-chat-llama"))
 
 
 # --- sabotage twins: quantisation ----------------------------------------------------------------------------

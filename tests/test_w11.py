@@ -15,6 +15,7 @@ from impl.core.metrics import load_metric
 from impl.core.profiles import load_profile, override
 from impl.w11_rag import chain, index
 from impl.w11_rag.index import IndexError_
+from tests.conftest import tiny_llama_dir
 
 CPU = load_profile("cpu").milestone("w11")
 GPU1 = load_profile("gpu1").milestone("w11")
@@ -166,18 +167,8 @@ def squad_like_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_chat_model(tmp_path_factory):
-    """A 2-layer llama with SmolLM2's tokenizer and chat template."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-chat-llama")
-    tok = AutoTokenizer.from_pretrained(fixture_path("smollm2"))
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                 eos_token_id=tok.eos_token_id)).save_pretrained(out)
-    return str(out)
+    """Positions for the gpu1 prompt budget (2,048 + new tokens)."""
+    return tiny_llama_dir(tmp_path_factory.mktemp("tiny-chat-llama"), max_positions=4096)
 
 
 @pytest.mark.gpu_smoke

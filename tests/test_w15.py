@@ -13,6 +13,7 @@ from impl.core.fixtures import fixture_path
 from impl.core.profiles import ProfileError, load_profile
 from impl.w15_eval import run
 from impl.w15_eval.run import NotACausalLM, UnknownTask
+from tests.conftest import tiny_llama_dir
 
 CPU_PROFILE = load_profile("cpu")
 CPU = CPU_PROFILE.milestone("w15")
@@ -40,18 +41,7 @@ def pretrained_only(spec, **more):
 
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
-    """A 2-layer llama with SmolLM2's tokenizer: loads in a second, scores near chance."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-llama")
-    tok = AutoTokenizer.from_pretrained(fixture_path("smollm2"))
-    tok.save_pretrained(out)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                 eos_token_id=tok.eos_token_id)).save_pretrained(out)
-    return str(out)
+    return tiny_llama_dir(tmp_path_factory.mktemp("tiny-llama"), hidden=32, max_positions=512)
 
 
 # --- sabotage twins ---------------------------------------------------------------------------------------------
