@@ -9,12 +9,16 @@
     python -m impl train w09 --profile cpu    # quantise w07's model (int8, nf4) and measure it; one load test
     python -m impl train w11 --profile cpu    # RAG: index the paragraphs, answer questions (closed-book, RAG, oracle)
     python -m impl train w15 --profile cpu    # lm-eval: 3 models x 5 BIG-bench tasks, the comparison report
+    python -m impl train w17 --profile cpu    # RLHF: SFT policy, reward model (TRL), PPO, judged win rate vs SFT
+    python -m impl train w19 --profile cpu    # datatrove cleaning + dedup, SentencePiece vs GPT-2 BPE in bits per byte
     python -m impl serve --model DIR          # an OpenAI-compatible server on 127.0.0.1:8000 (see --help)
     python -m impl calibrate w01 --profile cpu --seeds 0,1,2   # suggest thresholds for your machine
     python -m impl portfolio [--check]        # the portfolio site (w23) from reports/scorecard.json -> reports/site/
     python -m impl report                     # rebuild reports/scorecard.{md,html} from scorecard.json
     python -m impl report --merge DIR ...     # fold other machines' reports/ (the nightly GPU artifact) in
     python -m impl test                       # the whole suite: fast tests + cpu checks, then the timing ones
+    python -m impl deploy render --profile multinode   # w21: TrainJob, Indexed Job + Service, hostfile, launch.sh
+    python -m impl deploy run --profile cpu   # w21: a two-host ZeRO-2 run on two network namespaces (root)
 """
 from __future__ import annotations
 
@@ -132,8 +136,47 @@ def _train_w15(spec, runs, profile):
     return r
 
 
+def _train_w17(spec, runs, profile):
+    from impl import adapters
+
+    r = adapters.w17_rlhf(spec, runs, progress=True)
+    m = r.metrics
+    print(f"reward model held-out pair accuracy {m['pair_accuracy']:.3f}; RLHF vs SFT: win rate {m['win_rate']:.3f} "
+          f"({m['wins']} wins, {m['losses']} losses, {m['ties']} ties), judged score {m['judged_score_rlhf']:.3f} vs "
+          f"{m['judged_score_sft']:.3f}, KL to the SFT policy {m['kl_to_reference']:.2f} nats")
+    return r
+
+
+def _train_w19(spec, runs, profile):
+    from impl import adapters
+
+    r = adapters.w19_tokenizers(spec, runs, progress=True)
+    m = r.metrics
+    for s in m["cleaning"]["report"]["stages"]:
+        print(f"{s['stage']}: {s['docs_in']:,} docs in, {s['docs_out']:,} out")
+    print(f"bits per byte: ours {m['bpb']['sentencepiece']:.4f} vs GPT-2 BPE {m['bpb']['gpt2_bpe']:.4f} "
+          f"(ratio {m['bpb_ratio']:.3f}); cleaned dataset {m['dataset']['dir']}")
+    return r
+
+
+def _train_w21(spec, runs, profile):  # w21: the two-host run (as `python -m impl deploy run`); needs root
+    from pathlib import Path
+
+    from impl import adapters
+    from impl.core.artifacts import RunResult
+
+    p = adapters.w21_two_host_parity(spec, runs)
+    print(p["scaling_note"])
+    two = p["two_host"]
+    return RunResult(Path(two["run_dir"]), {"max_loss_diff_vs_1_host": p["max_loss_diff"],
+                                            "tokens_per_s_1_host": p["single_host"]["train_tokens_per_s"],
+                                            "tokens_per_s_2_hosts": two["train_tokens_per_s"],
+                                            "scaling_efficiency": p["scaling_efficiency"],
+                                            "final_train_loss": two["final_train_loss"]})
+
+
 TRAINERS = {"w01": _train_w01, "w03": _train_w03, "w05": _train_w05, "w07": _train_w07, "w09": _train_w09,
-            "w11": _train_w11, "w15": _train_w15}
+            "w11": _train_w11, "w15": _train_w15, "w17": _train_w17, "w19": _train_w19, "w21": _train_w21}
 
 
 def cmd_calibrate(args) -> int:
@@ -302,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     te.add_argument("--workers", type=int, default=None, help="pytest-xdist workers (default: one per core)")
     te.add_argument("--summary", type=Path, default=None, help="also write the phases' times and counts as JSON")
     te.set_defaults(func=cmd_test)
+    from impl.w21_infra.cli import add_deploy_parser  # w21: python -m impl deploy render|build|run
+
+    add_deploy_parser(sub)
     args, passthrough = parser.parse_known_args(argv)
     if passthrough and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")

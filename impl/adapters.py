@@ -175,6 +175,146 @@ def w15_evaluate(spec, profile, runs: Runs, sabotage: str | None = None) -> RunR
     return run.evaluate(spec, profile, runs, sabotage=sabotage)
 
 
+# --- w21: multi-node training (two hosts, faults, manifests; w21-cluster) -----------------------------------
+def w21_two_host_parity(spec, runs: Runs, sabotage: str | None = None) -> dict:
+    """w05's GPT under DeepSpeed ZeRO-2 on one host, then on two hosts (two network namespaces, each launching
+    its node rank); max_loss_diff per step, tokens/s of both, scaling_efficiency and its note. Sabotage twins:
+    "global_batch" (the two-host run trains on half the global batch), "same_shard" (both ranks on one slice)."""
+    from impl.w21_infra import multihost
+
+    return multihost.parity(spec, runs, sabotage=sabotage)
+
+
+def w21_single_host(spec, runs: Runs) -> dict:
+    """The single-host reference alone: metrics, curve [(step, loss)], run_dir."""
+    from impl.w21_infra import multihost
+
+    return multihost.single_host(spec, runs)
+
+
+def w21_two_host(spec, runs: Runs, sabotage: str | None = None) -> dict:
+    """The two-host run alone (same sabotage twins as w21_two_host_parity): metrics, curve, run_dir."""
+    from impl.w21_infra import multihost
+
+    return multihost.two_host(spec, runs, sabotage=sabotage)
+
+
+def w21_fault_and_resume(spec, runs: Runs, uninterrupted: dict | None = None, sabotage: str | None = None) -> dict:
+    """Host 1 killed after `fault.kill_after_step`: detect_seconds (host 0's launcher exiting with the error),
+    then both hosts resumed from the last checkpoint: final_loss_diff against the uninterrupted run. Sabotage
+    "fresh_weights": the relaunch starts at the checkpoint's step without loading it."""
+    from impl.w21_infra import multihost
+
+    return multihost.fault_and_resume(spec, runs, uninterrupted, sabotage=sabotage)
+
+
+def w21_render(spec, out_dir):
+    """TrainJob, Indexed Job + headless Service, DeepSpeed hostfile and launch.sh from the spec's cluster section."""
+    from pathlib import Path
+
+    from impl.w21_infra import manifests
+
+    return manifests.render(spec, Path(out_dir))
+
+
+def w21_validate(spec, rendered) -> dict:
+    """Offline validation of rendered manifests: {checked, invalid: {object: problems}, kubernetes_version, crd}."""
+    from impl.w21_infra import manifests
+
+    return manifests.validate(spec, rendered)
+
+
+# --- w21: the image and container parity (w21-container) -------------------------------------------------------
+def w21_container_parity(spec, runs: Runs, w01_override: dict | None = None) -> RunResult:
+    """The suite's CPU image built here (debootstrap base kept, image tag removed after), w01 trained with
+    `python -m impl train w01` on the host and in a container of that image (fixture cache read-only, no network);
+    metrics: container_loss_diff (max |loss| difference over the logged steps and the validation loss),
+    host/container (curves, val_loss, tokens/s), build (seconds, size), image_contents.
+    `w01_override` changes the container side only (e.g. {"train": {"seed": 1}})."""
+    from impl.w21_infra import image
+
+    return image.container_parity(spec, runs, w01_override)
+
+
+def w21_build_image(spec=None, **kw) -> dict:
+    """Build deploy/docker/Dockerfile.<flavor> (the CLI's `deploy build`); keeps the tag; returns its info."""
+    from impl.w21_infra import docker
+
+    return docker.build_image(spec, **kw)
+
+
+# --- w17: RLHF (SFT, reward model, PPO) ------------------------------------------------------------------------
+def w17_rlhf(spec, runs: Runs, progress: bool = False, shuffle_pairs: bool = False) -> RunResult:
+    """The three stages (SFT policy; preference pairs + TRL RewardTrainer; PPO against the reward model; TRL's
+    GRPO as a comparison when the profile has `grpo`), each resumed when interrupted and reused when complete if
+    `runs.reuse`, then the RLHF policy judged against the SFT policy on held-out prompts; metrics:
+    win_rate (ties half), wins/losses/ties, judged_score_rlhf/sft, pair_accuracy (held-out pairs),
+    kl_to_reference, reward_curve, repetition_rate and distinct_1/2 of both policies, examples.
+    `shuffle_pairs` (the reward model's twin): half the training pairs' labels swapped. The PPO twin: ppo.lr 0."""
+    from impl.w17_rlhf import run
+
+    return run.run(spec, runs, progress, shuffle_pairs)
+
+
+def w17_judge(spec, prompts: list[str], rlhf_answers: list[str], sft_answers: list[str]) -> dict:
+    """The profile's judge on two policies' answers to the same prompts: win_rate of the first, ties, judged
+    scores, repetition_rate and distinct-n of both (a repetitive answer counts as a loss)."""
+    from impl.core.hf import resolve_model
+    from impl.w17_rlhf.judge import Judge, compare
+
+    judge = Judge(resolve_model(spec.judge.model), spec.judge.batch_size)
+    return compare(prompts, rlhf_answers, sft_answers, judge.score(prompts, rlhf_answers),
+                   judge.score(prompts, sft_answers), spec.judge.min_distinct)
+
+
+def w17_read_pairs(path) -> list[dict]:
+    """A preference JSONL (prompt, chosen, rejected), checked: one clear error for a missing field or empty answer."""
+    from impl.w17_rlhf.data import read_pairs
+
+    return read_pairs(path)
+
+
+# --- w19: web-data cleaning, dedup and a custom tokenizer -------------------------------------------------------
+def w01_training_parts():
+    """w01's training pieces other milestones reuse rather than copy: make_optimizer(model, spec), lr_at(step,
+    spec) (both read only `spec.train`), batch(tokens, seed, step, batch_size, context), evaluate(model, tokens,
+    context, stride, max_tokens, device)."""
+    from types import SimpleNamespace
+
+    from impl.w01_gpt.data import batch
+    from impl.w01_gpt.train import evaluate, lr_at, make_optimizer
+
+    return SimpleNamespace(make_optimizer=make_optimizer, lr_at=lr_at, batch=batch, evaluate=evaluate)
+
+
+def w19_clean(spec, runs: Runs, sabotage: str | None = None) -> RunResult:
+    """The raw mix (cpu) or hub documents (gpu1) through the datatrove pipeline into Parquet shards; metrics:
+    report (stages with docs in/out and bytes, removed ids and examples per filter), dedup and filters
+    (precision/recall/F1 on the planted labels). `sabotage` "passthrough_dedup" / "passthrough_filters": the
+    twins whose dedup or filters pass everything."""
+    from impl.w19_data import run
+
+    return run.clean_corpus(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), sabotage)
+
+
+def w19_tokenizers(spec, runs: Runs, progress: bool = False, sabotage: str | None = None) -> RunResult:
+    """Clean (or reuse), train our SentencePiece tokenizer, train the w01 GPT once per tokenizer (ours, GPT-2's
+    BPE); metrics: bpb (per tokenizer), bpb_ratio (ours / GPT-2's), lm (token ppl, loss), tokenizer_stats
+    (fertility, byte_fallback_share), cleaning. `sabotage` "wrong_data_tokenizer": ours trained on junk with a
+    384-piece vocabulary (256 of them byte pieces)."""
+    from impl.w19_data import run
+
+    with runs.exclusive():
+        return run.run(spec, runs, progress, sabotage)
+
+
+def w19_load_sentencepiece(model_file):
+    """Our SentencePiece model as an encoder (a corrupt file: one TokenizerError)."""
+    from impl.w19_data.tokenizer import load_sentencepiece
+
+    return load_sentencepiece(model_file)
+
+
 # --- w23: the portfolio site -----------------------------------------------------------------------------------------
 def w23_build(spec, scorecard_path, out_dir, history_path=None):
     """Build the MkDocs site from a scorecard.json (its history.jsonl beside it) and the spec's interviews YAML

@@ -1,0 +1,242 @@
+"""w19 end to end: raw web-like text -> datatrove cleaning and dedup -> a Parquet `datasets` dataset -> our
+SentencePiece tokenizer -> the w01 GPT trained twice (ours vs GPT-2's BPE) -> bits per byte on held-out text.
+
+    python -m impl train w19 --profile cpu     # writes the dataset, the tokenizer, metrics.json
+
+cpu: the raw mix is built from offline fixtures (mix.py) with planted duplicates and junk whose labels score the
+dedup and the filters (precision/recall). gpu1: documents from a hub web-text dataset (FineWeb's sample), the
+held-out text WikiText-2's validation split.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from impl.core.artifacts import RunResult, Runs, environment, write_json
+from impl.core.corpora import in_val
+from impl.w19_data import lm, mix, pipeline, tokenizer
+from impl.w19_data.pipeline import W19DataError
+from impl.w19_data.spec import W19Spec
+
+SABOTAGES = (None, "passthrough_dedup", "passthrough_filters", "wrong_data_tokenizer")
+
+
+def prf(tp: int, fp: int, fn: int) -> dict:
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "tp": tp, "fp": fp, "fn": fn}
+
+
+def dedup_scores(labels: dict, report: dict) -> dict:
+    """On the labelled documents that reached dedup: a group of an original and its planted copy should lose
+    exactly one member (whichever); any other labelled clean document removed by dedup is a false positive."""
+    entered = set(report["dedup_input_ids"])
+    removed = set(report["removed_ids"]["exact_dedup"]) | set(report["removed_ids"]["minhash_dedup"])
+    tp = fp = fn = 0
+    grouped = set()
+    for group in labels["dup_groups"]:
+        members = [m for m in group if m in entered]
+        grouped.update(group)
+        if len(members) < 2:
+            continue
+        r = sum(m in removed for m in members)
+        tp += min(r, len(members) - 1)
+        fp += max(0, r - (len(members) - 1))
+        fn += max(0, (len(members) - 1) - r)
+    fp += sum(1 for c in labels["clean"] if c not in grouped and c in entered and c in removed)
+    return {**prf(tp, fp, fn), "groups_scored": sum(len([m for m in g if m in entered]) >= 2
+                                                    for g in labels["dup_groups"])}
+
+
+def filter_scores(labels: dict, report: dict) -> dict:
+    """Planted junk should be removed by extraction or a filter (positives), labelled clean text kept."""
+    entered, survived = set(report["raw_ids"]), set(report["dedup_input_ids"])
+    junk = [j for j in labels["junk"] if j in entered]
+    clean = [c for c in labels["clean"] if c in entered]
+    tp = sum(j not in survived for j in junk)
+    fp = sum(c not in survived for c in clean)
+    by_kind = {}
+    for j, kind in labels["junk"].items():
+        by_kind.setdefault(kind, [0, 0])
+        by_kind[kind][0] += j not in survived
+        by_kind[kind][1] += 1
+    prevalence = len(junk) / max(1, len(junk) + len(clean))
+    return {**prf(tp, fp, len(junk) - tp), "junk": len(junk), "clean": len(clean),
+            "removed_by_kind": {k: f"{a}/{b}" for k, (a, b) in by_kind.items()},
+            "clean_removed": [c for c in clean if c not in survived],
+            "remove_everything_f1": 2 * prevalence / (1 + prevalence)}
+
+
+def _hub_documents(spec: W19Spec, out: Path) -> str:
+    """gpu1: the first `max_documents` documents of a web-text dataset (streamed from the hub, or a local
+    directory of train-*.parquet with a `text` column), written as the raw JSONL input."""
+    from impl.core.corpora import DataError, hub_dataset
+
+    d = spec.data
+    if d.local_dir:
+        ds, origin = hub_dataset(d.hub_path, d.hub_name, d.local_dir, ("train",))
+        texts = ds["train"]["text"][:d.max_documents]
+    else:
+        import datasets
+
+        try:
+            stream = datasets.load_dataset(d.hub_path, d.hub_name, split="train", streaming=True)
+            texts = (row["text"] for _, row in zip(range(d.max_documents), stream))
+        except Exception as e:
+            raise DataError(f"cannot stream {d.hub_path}/{d.hub_name} from the hub ({type(e).__name__}: {e}); "
+                            f"without a hub set 'data.local_dir' to a directory of train-*.parquet files") from None
+        origin = f"{d.hub_path}/{d.hub_name or ''} (hub, streamed)"
+    (out / "raw" / "jsonl").mkdir(parents=True)
+    n = 0
+    with open(out / "raw" / "jsonl" / "00-hub.jsonl", "w") as f:
+        for n, text in enumerate(texts, 1):
+            f.write(json.dumps({"id": f"hub/{n - 1}", "text": text}, ensure_ascii=False) + "\n")
+    return f"{origin}, first {n:,} documents"
+
+
+def _eval_text(spec: W19Spec) -> tuple[str, str]:
+    from impl.core.corpora import hub_dataset
+
+    d = spec.data
+    ds, origin = hub_dataset(d.eval_hub_path, d.eval_hub_name, d.eval_local_dir, (d.eval_split,))
+    return "".join(ds[d.eval_split]["text"]), f"{origin}, split {d.eval_split}"
+
+
+def clean_corpus(spec: W19Spec, runs: Runs, sabotage: str | None = None, log=print) -> RunResult:
+    """The cleaned dataset (an artifact of its own, reused by the tokenizer and LM runs): raw input, datatrove
+    pipeline, Parquet shards, report. Built in a temporary directory and moved into place when complete."""
+    config = {"data": spec.data.model_dump(), "mix": spec.mix.model_dump(), "pipeline": spec.pipeline.model_dump(),
+              "sabotage": sabotage if sabotage in ("passthrough_dedup", "passthrough_filters") else None}
+    run_dir = runs.dir_for(config, name="dataset")
+    if (run_dir / "metrics.json").exists():
+        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
+    tmp = run_dir / ".building"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if spec.data.source == "offline":
+            labels = mix.build(spec.mix, tmp / "mix")
+            description = labels["description"]
+        else:
+            labels, description = {"clean": [], "junk": {}, "dup_groups": []}, _hub_documents(spec, tmp / "mix")
+        pipeline.validate_raw(tmp / "mix" / "raw")
+        report = pipeline.run(tmp / "mix" / "raw", tmp / "work", tmp / "dataset", spec.pipeline, config["sabotage"],
+                              log=log)
+        shards = sorted((tmp / "dataset").rglob("*.parquet"))
+        metrics = {"report": report, "labels": labels, "data": description,
+                   "dedup": dedup_scores(labels, report) if labels["dup_groups"] else None,
+                   "filters": filter_scores(labels, report) if labels["junk"] else None,
+                   "shards": [str(p.relative_to(tmp / "dataset")) for p in shards], "sabotage": config["sabotage"]}
+        shutil.move(str(tmp / "dataset"), str(run_dir / "dataset"))
+        shutil.move(str(tmp / "mix"), str(run_dir / "mix"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the work folders, or whatever a failure left
+    write_json(run_dir / "metrics.json", metrics)
+    return RunResult(run_dir, metrics)
+
+
+def load_dataset(dataset_dir: Path):
+    """The cleaned corpus as a `datasets` Dataset, from its Parquet shards."""
+    import datasets
+
+    shards = sorted(str(p) for p in Path(dataset_dir).rglob("*.parquet"))
+    if not shards:
+        raise W19DataError(f"{dataset_dir}: no Parquet shards")
+    return datasets.load_dataset("parquet", data_files={"train": shards}, split="train")
+
+
+def _ids(enc: tokenizer.Encoder, docs: list[str]) -> np.ndarray:
+    out = []
+    for d in docs:
+        out.extend(enc.encode(d))
+        out.append(enc.eos_id)
+    return np.asarray(out, dtype=np.int32)
+
+
+def _cap(docs: list[str], max_bytes: int) -> list[str]:
+    if not max_bytes:
+        return docs
+    kept, total = [], 0
+    for d in docs:
+        if total >= max_bytes:
+            break
+        kept.append(d)
+        total += len(d.encode("utf-8"))
+    return kept
+
+
+def run(spec: W19Spec, runs: Runs, progress: bool = False, sabotage: str | None = None, log=print) -> RunResult:
+    if sabotage not in SABOTAGES:
+        raise ValueError(f"sabotage must be one of {SABOTAGES}; got {sabotage!r}")
+    cleaned = clean_corpus(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), sabotage, log)
+    run_dir = runs.dir_for({**spec.model_dump(exclude={"targets"}), "sabotage": sabotage,
+                            "dataset": cleaned.run_dir.name})
+    if (run_dir / "metrics.json").exists():
+        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
+    ds = load_dataset(cleaned.run_dir / "dataset")
+    texts, ids = list(ds["text"]), list(ds["id"])
+    if spec.data.source == "offline":
+        train = [t for t, i in zip(texts, ids) if not in_val(i, spec.data.heldout_fraction)]
+        heldout_docs = [t for t, i in zip(texts, ids) if in_val(i, spec.data.heldout_fraction)]
+        heldout = "\n\n".join(heldout_docs)
+        heldout_origin = (f"held-out cleaned documents ({len(heldout_docs)} of {len(texts)}, sha256 of id, "
+                          f"fraction {spec.data.heldout_fraction})")
+    else:
+        train, (heldout, heldout_origin) = list(texts), _eval_text(spec)
+    if spec.lm.eval_bytes:
+        heldout = heldout.encode("utf-8")[:spec.lm.eval_bytes].decode("utf-8", "ignore")
+    if not train or not heldout.strip():
+        raise W19DataError(f"the cleaned corpus leaves no training text ({len(train)} documents) or no held-out "
+                           f"text; enlarge the mix or lower heldout_fraction")
+    tok_texts = _cap(train, spec.tokenizer.max_train_bytes)
+    if sabotage == "wrong_data_tokenizer":  # the twin: trained on the junk the pipeline removed, tiny vocabulary
+        wrong = [mix.junk_document(k, random.Random(i), ["zz", "qq", "xx"])
+                 for i, k in enumerate(mix.JUNK_KINDS * 4)]
+        tok_texts = wrong
+    sp_spec = spec.tokenizer if sabotage != "wrong_data_tokenizer" else spec.tokenizer.model_copy(
+        update={"vocab_size": 384})
+    sp_model = tokenizer.train_sentencepiece(tok_texts, sp_spec, run_dir / "tokenizer")
+    encoders = {"sentencepiece": tokenizer.load_sentencepiece(sp_model), "gpt2_bpe": tokenizer.load_gpt2()}
+    lm_docs = _cap(train, spec.lm.max_train_bytes)
+    train_bytes = sum(len(d.encode("utf-8")) for d in lm_docs)
+    heldout_bytes = len(heldout.encode("utf-8"))
+    results, tok_stats = {}, {}
+    for name, enc in encoders.items():
+        tok_stats[name] = tokenizer.stats(enc, heldout)
+        (run_dir / name).mkdir(exist_ok=True)
+        train_ids = _ids(enc, lm_docs)
+        heldout_ids = np.asarray(enc.encode(heldout), dtype=np.int32)
+        results[name] = lm.train_and_score(spec.lm, train_ids, heldout_ids, heldout_bytes, enc.vocab_size,
+                                           run_dir / name, progress)
+        results[name]["vocab_size"] = enc.vocab_size
+        results[name]["train_tokens"] = int(len(train_ids))
+        log(f"{name}: vocab {enc.vocab_size:,}, bpb {results[name]['bpb']:.4f}, token ppl "
+            f"{results[name]['token_ppl']:.1f}, fertility {tok_stats[name]['fertility']:.3f}")
+    shards = sorted((cleaned.run_dir / "dataset").rglob("*.parquet"))
+    metrics = {
+        "bpb": {n: r["bpb"] for n, r in results.items()},
+        "bpb_ratio": results["sentencepiece"]["bpb"] / results["gpt2_bpe"]["bpb"],
+        "lm": {n: {k: v for k, v in r.items() if k != "curve"} for n, r in results.items()},
+        "curves": {n: r["curve"] for n, r in results.items()},
+        "tokenizer_stats": tok_stats, "sabotage": sabotage,
+        "tokenizer_recipe": {**sp_spec.model_dump(), "normalization": "identity", "user_defined": ["\\n", "\\t"],
+                             "trained_on_bytes": sum(len(t.encode("utf-8")) for t in tok_texts),
+                             "model_file": str(sp_model),
+                             "sha256": hashlib.sha256(sp_model.read_bytes()).hexdigest()[:16]},
+        "held_equal": (f"w01 GPT {spec.lm.model.n_layer}x{spec.lm.model.n_embd} (heads {spec.lm.model.n_head}, "
+                       f"context {spec.lm.model.context}), {spec.lm.train.steps} steps x {spec.lm.train.batch_size} "
+                       f"sequences, lr {spec.lm.train.lr}, seed {spec.lm.train.seed}, the same {train_bytes:,} "
+                       f"training bytes ({len(lm_docs)} cleaned documents) and the same {heldout_bytes:,} held-out "
+                       f"bytes; only the tokenizer (and so the embedding/head size) differs"),
+        "heldout": heldout_origin, "train_documents": len(lm_docs), "train_bytes": train_bytes,
+        "heldout_bytes": heldout_bytes,
+        "dataset": {"dir": str(cleaned.run_dir / "dataset"), "shards": len(shards), "rows": len(ds),
+                    "bytes": sum(p.stat().st_size for p in shards), "columns": ds.column_names},
+        "cleaning": cleaned.metrics, "data": cleaned.metrics["data"], "environment": environment(),
+    }
+    write_json(run_dir / "metrics.json", metrics)
+    return RunResult(run_dir, metrics)

@@ -1,0 +1,256 @@
+"""The cluster side of w21: Kubernetes manifests, a DeepSpeed hostfile and per-node launch commands, rendered
+from a profile's `w21.cluster` section, and validated offline.
+
+    python -m impl deploy render --profile multinode --out deploy/k8s/rendered/multinode
+
+writes
+    trainjob.yaml      Kubeflow Trainer v2 TrainJob (trainer.kubeflow.org/v1alpha1), runtime torch-distributed:
+                       the runtime sets PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR, which torchrun reads
+    indexed-job.yaml   for clusters without the operator: a headless Service (the rendezvous name) and an Indexed
+                       Job, pod i = node rank i, master = pod 0 (<name>-0.<name>)
+    hostfile           DeepSpeed's, for SSH clusters (cluster.hostnames, slots = processes per node)
+    launch.sh          the per-node commands (`deepspeed --no_ssh --node_rank i`, run on node i) and the pdsh form
+
+Validation (no cluster, no network): core objects against kubernetes-validate's bundled schemas at
+`cluster.kubernetes_version` (strict: unknown fields are errors), the TrainJob against the openAPIV3Schema of
+Kubeflow Trainer's CRD kept in deploy/k8s/crds/ (its SOURCE.md and LICENSE beside it), unknown fields closed
+off the way the API server's strict field validation rejects them; every object's name must be a DNS-1123 label.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from impl.core.errors import MilestonesError
+from impl.w21_infra.spec import W21Spec
+
+CRD = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "crds" / "trainer.kubeflow.org_trainjobs.yaml"
+WORKER = "impl.w21_infra.worker"
+RUN_DIR = "/artifacts"  # the shared volume in the pods
+
+
+class ManifestError(MilestonesError):
+    pass
+
+
+@dataclass
+class Rendered:
+    dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    objects: list[dict] = field(default_factory=list)  # every Kubernetes object, in file order
+
+
+def _run_dir(spec: W21Spec) -> str:
+    return f"{RUN_DIR}/{spec.cluster.name}"
+
+
+def _worker_args(spec: W21Spec) -> list[str]:
+    return ["-m", WORKER, "--run-dir", _run_dir(spec), "--profile", spec.cluster.profile]
+
+
+def _env(spec: W21Spec) -> list[dict]:
+    c = spec.cluster
+    env = [{"name": "HF_HUB_OFFLINE", "value": "1"},  # nothing fetched at run time: the image carries the data
+           {"name": "OMP_NUM_THREADS", "value": "1" if c.gpus_per_node else str(max(1, int(float(c.cpu_per_node))
+                                                                                      // c.nproc_per_node))}]
+    if c.gpus_per_node == 0:
+        env.append({"name": "CUDA_VISIBLE_DEVICES", "value": ""})
+    return env
+
+
+def _resources(spec: W21Spec) -> dict:
+    c = spec.cluster
+    r = {"cpu": c.cpu_per_node, "memory": c.memory_per_node}
+    if c.gpus_per_node:
+        r["nvidia.com/gpu"] = str(c.gpus_per_node)
+    return {"requests": dict(r), "limits": dict(r)}
+
+
+def trainjob(spec: W21Spec) -> dict:
+    c = spec.cluster
+    return {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": c.name, "namespace": c.namespace, "labels": {"app.kubernetes.io/part-of": "llm-milestones"}},
+        "spec": {
+            "runtimeRef": {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime", "name": c.runtime},
+            "trainer": {
+                "image": c.image,
+                # torchrun takes --nnodes, --node-rank, --master-addr/port from the runtime's PET_* variables
+                "command": ["python", "-m", "torch.distributed.run", *_worker_args(spec)],
+                "numNodes": c.nodes, "numProcPerNode": c.nproc_per_node,
+                "resourcesPerNode": _resources(spec), "env": _env(spec),
+            },
+        },
+    }
+
+
+def indexed_job(spec: W21Spec) -> list[dict]:
+    c = spec.cluster
+    labels = {"app.kubernetes.io/name": c.name, "app.kubernetes.io/part-of": "llm-milestones"}
+    service = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": c.name, "namespace": c.namespace, "labels": labels},
+        "spec": {"clusterIP": "None", "selector": labels, "publishNotReadyAddresses": True,
+                 "ports": [{"name": "rendezvous", "port": c.master_port, "targetPort": c.master_port}]},
+    }
+    command = ["python", "-m", "torch.distributed.run", "--nnodes", str(c.nodes), "--nproc-per-node",
+               str(c.nproc_per_node), "--node-rank", "$(NODE_RANK)", "--master-addr", f"{c.name}-0.{c.name}",
+               "--master-port", str(c.master_port), *_worker_args(spec)]
+    artifacts = ({"persistentVolumeClaim": {"claimName": c.artifacts_pvc}} if c.artifacts_pvc else {"emptyDir": {}})
+    job = {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": c.name, "namespace": c.namespace, "labels": labels},
+        "spec": {
+            "completionMode": "Indexed", "completions": c.nodes, "parallelism": c.nodes,
+            # a lost node fails its pod; the Job recreates it and the worker resumes from the last checkpoint
+            # (on the shared volume: set cluster.artifacts_pvc to a ReadWriteMany claim)
+            "backoffLimit": 3,
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "subdomain": c.name, "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "trainer", "image": c.image, "command": command,
+                        "env": [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {
+                            "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+                            *_env(spec)],
+                        "ports": [{"name": "rendezvous", "containerPort": c.master_port}],
+                        "resources": _resources(spec),
+                        "volumeMounts": [{"name": "artifacts", "mountPath": RUN_DIR},
+                                         {"name": "dshm", "mountPath": "/dev/shm"}],
+                    }],
+                    "volumes": [{"name": "artifacts", **artifacts},
+                                {"name": "dshm", "emptyDir": {"medium": "Memory"}}],  # NCCL's shared memory
+                },
+            },
+        },
+    }
+    return [service, job]
+
+
+def hostfile(spec: W21Spec) -> str:
+    return "".join(f"{h} slots={spec.cluster.nproc_per_node}\n" for h in spec.cluster.hostnames)
+
+
+def launch_commands(spec: W21Spec) -> dict:
+    """The SSH-cluster forms: one `deepspeed --no_ssh --node_rank i` command per node (each node launches its own
+    rank: no ssh between nodes), and the pdsh form run once on node 0 (passwordless ssh to every host)."""
+    c = spec.cluster
+    common = ["--hostfile", "hostfile", "--master_addr", c.hostnames[0], "--master_port", str(c.master_port)]
+    tail = ["--module", WORKER, "--run-dir", _run_dir(spec), "--profile", c.profile]
+    per_node = {h: ["deepspeed", *common, "--no_ssh", "--node_rank", str(i), "--num_nodes", str(c.nodes), *tail]
+                for i, h in enumerate(c.hostnames)}
+    pdsh = ["deepspeed", *common, "--launcher", "pdsh", "--num_nodes", str(c.nodes), *tail]
+    return {"per_node": per_node, "pdsh": pdsh}
+
+
+def _launch_sh(spec: W21Spec) -> str:
+    cmds = launch_commands(spec)
+    lines = ["#!/bin/sh", f"# w21 on an SSH cluster: {spec.cluster.nodes} nodes, {spec.cluster.nproc_per_node} "
+             f"process(es) each; {RUN_DIR} must be a directory all nodes share (checkpoints).",
+             "# Rendered by `python -m impl deploy render`; run ONE of the forms below.", "",
+             "# 1. No ssh between nodes: on each node, its own command (the image: deploy/docker/Dockerfile.*)"]
+    for host, cmd in cmds["per_node"].items():
+        lines.append(f"# on {host}:\n#   {shlex.join(cmd)}")
+    lines += ["", "# 2. pdsh: once, on the first host, with passwordless ssh to every host in the hostfile",
+              shlex.join(cmds["pdsh"]), ""]
+    return "\n".join(lines)
+
+
+def render(spec: W21Spec, out: Path) -> Rendered:
+    """Write every file into `out` (replaced whole: a failure leaves the previous render, never half of one)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".render-", dir=out.parent))
+    try:
+        tj, ij = trainjob(spec), indexed_job(spec)
+        (tmp / "trainjob.yaml").write_text(yaml.safe_dump(tj, sort_keys=False))
+        (tmp / "indexed-job.yaml").write_text(yaml.safe_dump_all(ij, sort_keys=False))
+        (tmp / "hostfile").write_text(hostfile(spec))
+        (tmp / "launch.sh").write_text(_launch_sh(spec))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = {n: out / n for n in ("trainjob.yaml", "indexed-job.yaml", "hostfile", "launch.sh")}
+    return Rendered(out, files, load_objects(out))
+
+
+def load_objects(out: Path) -> list[dict]:
+    objects = []
+    for name in ("trainjob.yaml", "indexed-job.yaml"):
+        objects += [d for d in yaml.safe_load_all((Path(out) / name).read_text()) if d]
+    return objects
+
+
+def _closed(schema):
+    """The CRD schema with unknown fields rejected where the API server's strict field validation rejects them:
+    objects that list properties and neither allow more nor preserve unknown fields."""
+    if isinstance(schema, dict):
+        schema = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema and \
+                not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
+
+
+def crd_schema(version: str = "v1alpha1") -> dict:
+    if not CRD.exists():
+        raise ManifestError(f"the TrainJob CRD {CRD} is missing (see deploy/k8s/crds/SOURCE.md)")
+    crd = yaml.safe_load(CRD.read_text())
+    for v in crd["spec"]["versions"]:
+        if v["name"] == version:
+            return _closed(copy.deepcopy(v["schema"]["openAPIV3Schema"]))
+    raise ManifestError(f"{CRD} has no version {version}")
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def validate_object(obj: dict, kubernetes_version: str) -> list[str]:
+    """The problems of one object (empty: valid)."""
+    import jsonschema
+    import kubernetes_validate
+
+    problems = []
+    name = (obj.get("metadata") or {}).get("name", "")
+    if not _DNS_LABEL.match(str(name)):
+        problems.append(f"metadata.name {name!r} is not a DNS-1123 label")
+    if obj.get("apiVersion") == "trainer.kubeflow.org/v1alpha1" and obj.get("kind") == "TrainJob":
+        validator = jsonschema.Draft7Validator(crd_schema())
+        problems += [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                     for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))]
+        return problems
+    try:
+        kubernetes_validate.validate(obj, kubernetes_version, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        problems.append(f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message}")
+    except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.utils.VersionNotSupportedError) as e:
+        problems.append(str(e))
+    return problems
+
+
+def validate(spec: W21Spec, rendered: Rendered) -> dict:
+    """{checked: ["Kind/name", ...], invalid: {"Kind/name": [problems]}, kubernetes_version, crd}."""
+    version = spec.cluster.kubernetes_version
+    checked, invalid = [], {}
+    for obj in rendered.objects:
+        key = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name')}"
+        checked.append(key)
+        problems = validate_object(obj, version)
+        if problems:
+            invalid[key] = problems
+    return {"checked": checked, "invalid": invalid, "kubernetes_version": version,
+            "crd": f"{CRD.relative_to(CRD.parents[3])} (v1alpha1 openAPIV3Schema, unknown fields rejected)"}

@@ -1,0 +1,205 @@
+"""w21's cluster half: sabotage twins of the two-host, fault and manifest checks, the multinode profile's code
+path on this CPU, and the errors (a port in use on the master, a killed host, bad input).
+
+The twins use the cpu profile's own targets on w05's GPT shrunk (2 layers, width 32, context 32, a few steps):
+a two-host run on half the global batch misses the loss-curve target (its single-host reference runs at the
+same time, to save wall time); a resume that loads nothing from the checkpoint misses the resume target; a
+manifest with a wrong type or an unknown field misses the validation target. Every test that makes network
+namespaces checks they are gone afterwards, also when the code under test raised.
+"""
+import copy
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from impl import adapters
+from impl.core.artifacts import Runs
+from impl.core.profiles import ProfileError, load_profile, override
+from impl.w21_infra import multihost, netns
+from impl.w21_infra.manifests import validate_object
+
+CPU = load_profile("cpu").milestone("w21")
+TINY = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "context": 32},
+        "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1}, "eval": {"stride": 32, "max_tokens": 512}}
+
+needs_netns = pytest.mark.skipif(netns.available() is not None, reason=f"no network namespaces: {netns.available()}")
+
+
+def tiny(**sections):
+    """The cpu spec shrunk, launched by torchrun (the manifests' form; the acceptance checks run launch.sh's
+    `deepspeed --no_ssh --node_rank i` form, whose two extra processes per host cost ~5 s a launch here)."""
+    return override(CPU, gpt=TINY, **{"fault": {"checkpoint_every": 1, "kill_after_step": 1},
+                                      "hosts": {"launcher": "torchrun"}, **sections})
+
+
+@pytest.fixture
+def runs(tmp_path):
+    return Runs("w21", "test", root=tmp_path / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The single-host run of the twins' global batch, made in the background while the first twin runs, and
+    shared by both twins (the acceptance check shows the two-host run equal to it within 6e-4)."""
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(adapters.w21_single_host, tiny(), Runs("w21", "test", root=tmp_path_factory.mktemp("ref")))
+    yield _Later(future)
+    pool.shutdown(wait=True)
+
+
+def _mine() -> list[Path]:
+    """Namespaces this process made and left behind (none, when cleanup works)."""
+    return list(Path("/run/netns").glob(f"{netns.PREFIX}*-{os.getpid()}-*"))
+
+
+class _Later(dict):
+    """A run result still being made: read (for its curve) only when first used."""
+
+    def __init__(self, future):
+        super().__init__()
+        self.future = future
+
+    def __getitem__(self, key):
+        if not len(self):
+            self.update(self.future.result())
+        return super().__getitem__(key)
+
+
+# --- sabotage twins ---------------------------------------------------------------------------------------------
+@needs_netns
+def test_a_two_host_run_on_half_the_global_batch_fails_the_parity_target(runs, reference):
+    spec = tiny()
+    two = adapters.w21_two_host(spec, runs, sabotage="global_batch")
+    assert two["world_size"] == 2 and two["hosts"] == 2
+    assert two["tokens_per_step"] == reference["tokens_per_step"] // 2
+    diff = multihost.max_loss_diff(reference["curve"], two["curve"])
+    assert not CPU.targets["two_host_max_loss_diff"].passes(diff), diff
+    assert not _mine()
+
+
+@needs_netns
+def test_a_killed_host_is_reported_in_time_and_a_resume_that_loads_nothing_fails_the_resume_target(runs, reference):
+    spec = tiny()  # the uninterrupted run: the single-host reference of the same global batch
+    f = adapters.w21_fault_and_resume(spec, runs, uninterrupted=reference, sabotage="fresh_weights")
+    assert f["detect_seconds"] < spec.fault.detect_timeout_s
+    assert "Connection closed" in f["launcher_error"] or "Error" in f["launcher_error"], f["launcher_error"]
+    assert f["resumed_from_step"] == 2  # the checkpoint after step 1, where host 1 died
+    assert not CPU.targets["resume_final_loss_diff"].passes(f["final_loss_diff"]), f["final_loss_diff"]
+    assert not _mine()
+
+
+def test_a_manifest_with_a_wrong_type_or_an_unknown_field_fails_validation(tmp_path):
+    rendered = adapters.w21_render(CPU, tmp_path / "rendered")
+    assert not adapters.w21_validate(CPU, rendered)["invalid"]  # the rendered ones pass
+    bad = copy.deepcopy(rendered.objects)
+    trainjob, service, job = bad
+    trainjob["spec"]["trainer"]["numNodes"] = "two"
+    service["spec"]["ports"][0]["port"] = "rendezvous"
+    job["spec"]["template"]["spec"]["containers"][0]["cmd"] = ["python"]  # `command` misspelt
+    rendered.objects = bad
+    report = adapters.w21_validate(CPU, rendered)
+    assert set(report["invalid"]) == {"TrainJob/w21-gpt", "Service/w21-gpt", "Job/w21-gpt"}
+    assert not CPU.targets["manifests_invalid"].passes(len(report["invalid"]))
+    # a TrainJob missing its required runtimeRef, and a name no DNS label allows
+    trainjob = copy.deepcopy(rendered.objects[0])
+    del trainjob["spec"]["runtimeRef"]
+    trainjob["metadata"]["name"] = "W21_GPT"
+    problems = validate_object(trainjob, "1.30")
+    assert any("runtimeRef" in p for p in problems) and any("DNS-1123" in p for p in problems)
+
+
+# --- the multinode profile's code path on this CPU ---------------------------------------------------------------
+def test_the_multinode_manifests_render_for_2_nodes_x_2_gpus_and_validate(tmp_path):
+    spec = load_profile("multinode").milestone("w21")
+    rendered = adapters.w21_render(spec, tmp_path / "multinode")
+    assert not adapters.w21_validate(spec, rendered)["invalid"]
+    trainjob, service, job = rendered.objects
+    assert trainjob["spec"]["trainer"]["numNodes"] == 2 and trainjob["spec"]["trainer"]["numProcPerNode"] == 2
+    assert trainjob["spec"]["trainer"]["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "2"
+    assert service["spec"]["clusterIP"] == "None" and job["spec"]["completionMode"] == "Indexed"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == service["metadata"]["name"]
+    cmd = pod["containers"][0]["command"]
+    assert cmd[cmd.index("--master-addr") + 1] == "w21-gpt2-0.w21-gpt2" and "$(NODE_RANK)" in cmd
+    assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "w21-artifacts"
+    assert (tmp_path / "multinode" / "hostfile").read_text() == "node0 slots=2\nnode1 slots=2\n"
+    sh = (tmp_path / "multinode" / "launch.sh").read_text()
+    assert "--no_ssh --node_rank 0" in sh and "--no_ssh --node_rank 1" in sh and "--launcher pdsh" in sh
+
+
+def test_a_pod_builds_its_job_from_the_multinode_profile(tmp_path, monkeypatch):
+    """What each pod runs (`python -m impl.w21_infra.worker --run-dir D --profile multinode`) up to the training:
+    the job comes from the profile, resumes from a checkpoint when one exists; without either it stops clearly."""
+    from impl.w21_infra import worker
+    from impl.w21_infra.spec import GPTSpec
+
+    job = worker.job_from_profile("multinode", tmp_path)
+    gpt = GPTSpec.model_validate(job["gpt"])
+    assert job["resume"] and job["checkpoint_every"] == 500
+    assert gpt.train.precision == "bf16" and gpt.model.n_embd == 768 and gpt.data.hub_path == "Skylion007/openwebtext"
+    monkeypatch.setattr(sys, "argv", ["worker", "--run-dir", str(tmp_path / "empty")])
+    with pytest.raises(SystemExit, match="no --profile was given"):
+        worker.main()
+
+
+# --- errors -------------------------------------------------------------------------------------------------------
+@needs_netns
+def test_a_port_in_use_on_the_master_is_one_clear_error_before_launching(runs):
+    spec = tiny()
+    with netns.two_hosts() as hosts:
+        port = multihost.free_port_in(hosts[0])
+        listener = subprocess.Popen(hosts[0].wrap([sys.executable, "-c", (
+            "import socket,time\ns=socket.socket()\ns.bind(('10.77.0.1', %d))\ns.listen()\nprint('up', flush=True)\n"
+            "time.sleep(60)") % port]), stdout=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout.readline().strip() == "up"
+            with pytest.raises(multihost.PortInUse, match=f"port {port} is already in use on host 0"):
+                multihost.two_host(spec, runs, master_port=port, hosts=hosts)
+        finally:
+            listener.kill()
+            listener.wait()
+        names = [h.netns for h in hosts]
+        assert not list(runs.root.rglob("host0.log"))  # nothing was launched
+    assert not any(netns.exists(n) for n in names)
+
+
+@needs_netns
+def test_namespaces_and_their_processes_are_removed_when_the_body_raises():
+    with pytest.raises(RuntimeError, match="boom"):
+        with netns.two_hosts() as hosts:
+            sleeper = subprocess.Popen(hosts[1].wrap(["sleep", "60"]))
+            names = [h.netns for h in hosts]
+            assert all(netns.exists(n) for n in names)
+            raise RuntimeError("boom")
+    assert sleeper.wait(timeout=10) is not None  # killed with its host
+    assert not any(netns.exists(n) for n in names)
+    assert subprocess.run(["ip", "link", "show", hosts[0].ifname], capture_output=True).returncode != 0
+
+
+def test_a_fault_schedule_without_a_checkpoint_before_the_kill_is_rejected(tmp_path):
+    with pytest.raises(ValidationError, match="checkpoint_every"):
+        tiny(fault={"checkpoint_every": 3, "kill_after_step": 1})
+    with pytest.raises(ValidationError, match="multiple of hosts"):
+        override(CPU, gpt={"train": {"batch_size": 15}})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((load_profile("cpu").path.read_text()).replace("zero_stage: 2, log_every: 1}",
+                                                                   "zero_stage: 3, log_every: 1}"))
+    with pytest.raises(ProfileError, match="w21's run is ZeRO-2"):
+        load_profile(bad)
+
+
+def test_the_deploy_cli_renders_and_reports_validation(tmp_path, capsys):
+    from impl.__main__ import main
+
+    assert main(["deploy", "render", "--profile", "cpu", "--out", str(tmp_path / "out")]) == 0
+    assert "3 objects" in capsys.readouterr().out and (tmp_path / "out" / "trainjob.yaml").exists()
+    assert main(["deploy", "render", "--profile", "cpu", "--out", str(tmp_path / "out")]) == 0  # replaced whole
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["hostfile", "indexed-job.yaml", "launch.sh",
+                                                                    "trainjob.yaml"]
+    assert main(["deploy", "run", "--profile", "no-such-profile"]) == 2  # one line, no traceback
+    assert "error:" in capsys.readouterr().err
