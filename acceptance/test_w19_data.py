@@ -103,3 +103,17 @@ def test_our_sentencepiece_tokenizer_is_within_reach_of_gpt2s_in_bits_per_byte(s
                         byte_fallback_share=m["tokenizer_stats"]["sentencepiece"]["byte_fallback_share"],
                         held_equal=m["held_equal"], tokenizer_recipe=str(m["tokenizer_recipe"]),
                         tokenizers=_tokenizers_markdown(m), dataset_dir=m["dataset"]["dir"])
+
+
+@pytest.mark.check("w19", target="lm_vs_unigram")
+def test_both_models_learn_more_than_the_frequencies_of_their_tokens(spec, runs, scorecard):
+    """Gated on the weaker of the two: bits per byte over those of a unigram model of its own tokenizer."""
+    for seeded in scorecard.each_seed(spec):
+        m = _result(seeded, runs).metrics
+        ratios = m["bpb_vs_unigram"]
+        weaker = max(ratios, key=ratios.get)
+        scorecard.check(ratios[weaker], data=m["data"], weaker_model=weaker,
+                        bpb_vs_unigram_sentencepiece=ratios["sentencepiece"], bpb_vs_unigram_gpt2=ratios["gpt2_bpe"],
+                        bpb={n: lm["bpb"] for n, lm in m["lm"].items()},
+                        unigram_bpb={n: lm["unigram_bpb"] for n, lm in m["lm"].items()},
+                        trivial={"the unigram model itself": 1.0})

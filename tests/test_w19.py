@@ -57,6 +57,14 @@ def test_a_tokenizer_trained_on_the_wrong_data_with_a_tiny_vocabulary_fails_the_
     assert not target.passes(ratio), m["bpb"]
 
 
+def test_models_that_do_not_learn_fail_the_beyond_unigram_check(runs):
+    """Learning rate 0: each GPT stays at its initialisation, which knows less than token frequencies."""
+    spec = override(CPU, mix=SMALL_MIX, lm={"train": {"steps": 2, "lr": 0.0, "min_lr": 0.0}, "eval_bytes": 10000})
+    m = adapters.w19_tokenizers(spec, runs).metrics
+    target = CPU.targets["lm_vs_unigram"]
+    assert not target.passes(max(m["bpb_vs_unigram"].values())), m["bpb_vs_unigram"]
+
+
 # --- bad input ---------------------------------------------------------------------------------------------------
 def _raw(tmp_path, jsonl_lines=None, warc_bytes=None):
     raw = tmp_path / "raw"

@@ -127,6 +127,21 @@ def test_the_multinode_manifests_render_for_2_nodes_x_2_gpus_and_validate(tmp_pa
     cmd = pod["containers"][0]["command"]
     assert cmd[cmd.index("--master-addr") + 1] == "w21-gpt2-0.w21-gpt2" and "$(NODE_RANK)" in cmd
     assert pod["volumes"][0]["persistentVolumeClaim"]["claimName"] == "w21-artifacts"
+    # checkpoints and the fixture cache from the profile's claims, in the Indexed Job and (runtimePatches) the TrainJob
+    claims = {"w21-artifacts": "/artifacts", "w21-data": "/home/app/.cache/llm-milestones"}
+    patched = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    assert patched["name"] == "node"
+    for p, container in ((pod, pod["containers"][0]), (patched["template"]["spec"]["template"]["spec"], None)):
+        container = container or p["containers"][0]
+        by_name = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in p["volumes"]
+                   if "persistentVolumeClaim" in v}
+        mounted = {by_name[m["name"]]: m["mountPath"] for m in container["volumeMounts"] if m["name"] in by_name}
+        assert mounted == claims and p["securityContext"]["fsGroup"] == 1000
+    # the cpu profile names no checkpoint claim: an emptyDir there, in both manifests
+    cpu_tj, _, cpu_job = adapters.w21_render(CPU, tmp_path / "cpu").objects
+    cpu_patched = cpu_tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    for p in (cpu_job["spec"]["template"]["spec"], cpu_patched["template"]["spec"]["template"]["spec"]):
+        assert p["volumes"][0] == {"name": "artifacts", "emptyDir": {}}
     assert (tmp_path / "multinode" / "hostfile").read_text() == "node0 slots=2\nnode1 slots=2\n"
     sh = (tmp_path / "multinode" / "launch.sh").read_text()
     assert "--no_ssh --node_rank 0" in sh and "--no_ssh --node_rank 1" in sh and "--launcher pdsh" in sh
@@ -145,6 +160,16 @@ def test_a_pod_builds_its_job_from_the_multinode_profile(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["worker", "--run-dir", str(tmp_path / "empty")])
     with pytest.raises(SystemExit, match="no --profile was given"):
         worker.main()
+
+
+def test_a_relaunch_that_must_resume_stops_when_no_checkpoint_exists(tmp_path):
+    """The fault check's relaunch never quietly starts at step 0 (it would repeat the uninterrupted run)."""
+    from impl.w21_infra import worker
+
+    job = {"gpt": tiny().gpt.model_dump(), "resume": True, "require_checkpoint": True}
+    with pytest.raises(SystemExit, match="must resume from a checkpoint.*checkpoints/latest"):
+        worker.train_process(job, tmp_path)
+    assert multihost.expected_resume_step(tiny()) == 2 and multihost.expected_resume_step(CPU) == 8
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -175,9 +200,11 @@ def test_namespaces_and_their_processes_are_removed_when_the_body_raises():
             sleeper = subprocess.Popen(hosts[1].wrap(["sleep", "60"]))
             names = [h.netns for h in hosts]
             assert all(netns.exists(n) for n in names)
+            assert all(len(h.ifname) <= 15 for h in hosts) and not set(names) & set(netns.stale())  # ours: alive
             raise RuntimeError("boom")
     assert sleeper.wait(timeout=10) is not None  # killed with its host
     assert not any(netns.exists(n) for n in names)
+    assert not any((netns.OWNERS / n).exists() for n in names)  # the owner records go with the namespaces
     assert subprocess.run(["ip", "link", "show", hosts[0].ifname], capture_output=True).returncode != 0
 
 

@@ -2,6 +2,8 @@
 the same config passes), one clear error for a missing daemon and for a failing Dockerfile step (with the step
 and its log's tail, and nothing left behind), the build context the image is made from, and the image's lock
 against this venv."""
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -80,11 +82,35 @@ def test_a_failing_dockerfile_step_is_one_error_naming_the_step_with_its_log_tai
         assert not left, "--force-rm leaves no intermediate container of the failed step"
         owner, layers = d.owner, list(d.made["layers"])
         assert layers, "the step that succeeded left an intermediate image, to be removed"
-    # the session removed the image it imported and the failed build's intermediate images; the suite's daemon
-    # (if it started one) stops when unused
+        # someone tags the first one meanwhile (as `deploy build` tags an image whose steps were this build's)
+        kept = f"llmm-kept:{owner}"
+        d.cmd("tag", layers[0], kept)
+    # the session removed the image it imported and the failed build's intermediate images, but not the one that
+    # another tag names; the suite's daemon (if it started one) stops when unused
     with docker.session() as d:
         assert not d.image_exists(f"llmm-tinyshell:{owner}")
+        assert d.image_exists(kept), "an image with another tag is never removed by id"
+        d.cmd("image", "rm", kept)
         assert not [i for i in layers if d.image_exists(i)]
+
+
+def test_a_build_records_only_the_images_it_made_not_those_it_took_from_the_cache(monkeypatch):
+    log = ("Step 1/3 : FROM base\n ---> 111111111111\nStep 2/3 : RUN a\n ---> Using cache\n ---> 222222222222\n"
+           "Step 3/3 : RUN b\n ---> Running in 999999999999\nRemoving intermediate container 999999999999\n"
+           " ---> 333333333333\nSuccessfully built 333333333333\n")
+    d = docker.Docker("unix:///nowhere")
+    monkeypatch.setattr(d, "cmd", lambda *a, **k: subprocess.CompletedProcess(a, 0, log.encode(), b""))
+    info = docker.docker_build(d, Path("."), "llmm-x:1")
+    assert d.made["layers"] == ["333333333333"] and info["steps_cached"] == 1
+
+
+def test_a_stale_pidfile_never_gets_another_process_killed(monkeypatch, tmp_path):
+    """started.pid naming a live process that is not dockerd (the pid reused): not ours, left alone."""
+    monkeypatch.setattr(docker, "STATE", tmp_path)
+    (tmp_path / "started.pid").write_text(str(os.getpid()))  # this pytest process: alive, and not a dockerd
+    assert docker._suite_dockerd() is None
+    docker._stop_dockerd()  # would SIGTERM this very process if it trusted the file
+    assert not (tmp_path / "started.pid").exists()
 
 
 # --- what the image is made from -----------------------------------------------------------------------------

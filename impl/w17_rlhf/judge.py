@@ -1,9 +1,11 @@
 """The judge: a different, stronger model than anything trained here, pointwise.
 
 Each answer is scored alone: the judge model's mean per-token log-likelihood of the answer given its prompt
-(SmolLM2-135M on the cpu profile: pretrained on ~2T tokens, versus a few minutes of Austen for the policies).
-A pointwise judge has no position: verdict(a, b) is computed from score(a) and score(b) separately, so judging
-both orders gives mirrored verdicts by construction; the run still judges both orders and records their agreement.
+(on the cpu profile SmolLM2-135M-Instruct, the `smollm2` fixture: its Q4_1 GGUF de-quantised to bf16 weights, so
+they carry 4-bit rounding; its base model was pretrained on ~2T tokens, versus a few minutes of Austen for the
+policies). The judge is pointwise: it never sees the two answers together, so position bias cannot arise and there
+is no order to swap; a verdict compares two scores computed separately. (A pairwise judge, shown both answers in
+one prompt, would have to be run in both orders.)
 
 A likelihood judge rewards repetition ("the the the" is very likely), so an answer that repeats itself (a word
 3-gram occurring twice, or fewer than `min_distinct` of its words distinct) is degenerate and loses to any
@@ -77,20 +79,17 @@ def verdicts(score_a: list[float], score_b: list[float], degen_a: list[bool], de
 
 def compare(prompts: list[str], answers_a: list[str], answers_b: list[str], scores_a: list[float],
             scores_b: list[float], min_distinct: float) -> dict:
-    """Policy a (RLHF) against policy b (SFT): win rate of a, judged in both orders, with the repetition stats."""
+    """Policy a (RLHF) against policy b (SFT): win rate of a from the pointwise scores, with the repetition stats."""
     da = [degenerate(t, min_distinct) for t in answers_a]
     db = [degenerate(t, min_distinct) for t in answers_b]
     ab = verdicts(scores_a, scores_b, da, db)
-    ba = verdicts(scores_b, scores_a, db, da)  # the other order
     n = len(ab)
     wins, losses, ties = ab.count(1), ab.count(-1), ab.count(0)
-    wins_ba = ba.count(-1) + 0.5 * ba.count(0)
     # the judged score: the judge's log-likelihood, a degenerate answer given the lowest score of any answer
     floor = min([s for s in scores_a + scores_b if s == s and s != float("-inf")] or [0.0])
     judged = lambda s, d: [floor if dd else ss for ss, dd in zip(s, d)]  # noqa: E731
     ja, jb = judged(scores_a, da), judged(scores_b, db)
-    return {"win_rate": (wins + 0.5 * ties) / n, "win_rate_other_order": wins_ba / n,
-            "order_agreement": sum(x == -y for x, y in zip(ab, ba)) / n,
+    return {"win_rate": (wins + 0.5 * ties) / n,
             "wins": wins, "losses": losses, "ties": ties, "judged_prompts": n,
             "judged_score_rlhf": sum(ja) / n, "judged_score_sft": sum(jb) / n,
             "judge_loglik_rlhf": sum(scores_a) / n, "judge_loglik_sft": sum(scores_b) / n,

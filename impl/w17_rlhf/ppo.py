@@ -93,16 +93,23 @@ def run(spec, prompts, sft_dir: Path, reward_dir: Path, run_dir: Path, progress:
     torch.manual_seed(p.seed)
     policy = PolicyWithValue(lm).to(dev)
     opt = torch.optim.Adam(policy.parameters(), lr=p.lr, eps=1e-5)
-    it, log = 0, []
+    it, log, state = 0, [], None
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists():  # resume an interrupted run
         state = torch.load(ckpt, map_location=dev, weights_only=False)
         policy.load_state_dict(state["policy"])
         opt.load_state_dict(state["opt"])
         it, log = state["iteration"], state["log"]
+    # the log as of the checkpoint (empty for a fresh start): rows an interrupted run wrote after its last
+    # checkpoint belong to iterations that run again, so they are dropped rather than written a second time
+    with open(run_dir / "train_log.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in log)
     heads = [ids[:spec.prompt_tokens] for ids in prompts.train]
     g = torch.Generator().manual_seed(p.seed * 7919 + it)
     rng = random.Random(p.seed * 104729 + it)
+    if state is not None and "rng" in state:  # the sampling streams where the checkpoint left them: a resumed
+        g.set_state(state["generator"].cpu())  # run draws what the uninterrupted run would have drawn
+        rng.setstate(state["rng"])
     start = time.time()
     from tqdm.auto import tqdm
 
@@ -151,7 +158,8 @@ def run(spec, prompts, sft_dir: Path, reward_dir: Path, run_dir: Path, progress:
         with open(run_dir / "train_log.jsonl", "a") as f:
             f.write(json.dumps(log[-1]) + "\n")
         if (it + 1) % CHECKPOINT_EVERY == 0 and it + 1 < p.iterations:
-            torch.save({"policy": policy.state_dict(), "opt": opt.state_dict(), "iteration": it + 1, "log": log}, ckpt)
+            torch.save({"policy": policy.state_dict(), "opt": opt.state_dict(), "iteration": it + 1, "log": log,
+                        "generator": g.get_state(), "rng": rng.getstate()}, ckpt)
     policy.lm.save_pretrained(run_dir / "model")
     tok.save_pretrained(run_dir / "model")
     torch.save(policy.value_head.state_dict(), run_dir / "value_head.pt")

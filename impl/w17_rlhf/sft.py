@@ -29,14 +29,19 @@ def run(spec, prompts, tok, run_dir: Path, progress: bool = False) -> RunResult:
     dev = device()
     model.to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0, betas=(0.9, 0.95))
-    step, log = 0, []
+    step, log, state = 0, [], None
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists():  # resume an interrupted run
         state = torch.load(ckpt, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step = state["step"]
+        step, log = state["step"], state.get("log", [])
+    # the log as of the checkpoint (empty for a fresh start): rows written after it are for steps that run again
+    with open(run_dir / "train_log.jsonl", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in log)
     rng = random.Random(s.seed * 1_000_003 + step)
+    if state is not None and "rng" in state:  # the batch stream where the checkpoint left it: a resumed run
+        rng.setstate(state["rng"])  # draws the batches the uninterrupted run would have drawn
     data = torch.tensor(prompts.train)
     start = time.time()
     from tqdm.auto import tqdm
@@ -59,7 +64,8 @@ def run(spec, prompts, tok, run_dir: Path, progress: bool = False) -> RunResult:
             with open(run_dir / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(log[-1]) + "\n")
         if step % CHECKPOINT_EVERY == 0 and step < s.steps:
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt)
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
+                        "rng": rng.getstate()}, ckpt)
     bar.close()
     model.save_pretrained(run_dir / "model")
     tok.save_pretrained(run_dir / "model")

@@ -54,8 +54,9 @@ def train_and_score(lm: LMSpec, train_ids: np.ndarray, heldout_ids: np.ndarray, 
     seconds = time.perf_counter() - t0
     ev = w01.evaluate(model, heldout_ids, m.context, m.context, None, device)  # stride = context: each token once
     nats = ev["val_loss"] * ev["val_tokens_scored"]
-    # bytes scored: the held-out bytes times the share of its tokens scored (all but the first)
-    bytes_scored = heldout_bytes * ev["val_tokens_scored"] / len(heldout_ids)
+    # heldout_ids starts with the end-of-text id, so every token of the text is scored: divide by all its bytes
+    assert ev["val_tokens_scored"] == len(heldout_ids) - 1, "the evaluation skipped held-out tokens"
+    bytes_scored = heldout_bytes
     counts = np.bincount(train_ids, minlength=vocab_size).astype(np.float64) + 1.0
     unigram_nats = -np.log(counts / counts.sum())[heldout_ids[1:]].sum()
     with open(run_dir / "train_log.jsonl", "w") as f:

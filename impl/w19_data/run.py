@@ -209,7 +209,9 @@ def run(spec: W19Spec, runs: Runs, progress: bool = False, sabotage: str | None 
         tok_stats[name] = tokenizer.stats(enc, heldout)
         (run_dir / name).mkdir(exist_ok=True)
         train_ids = _ids(enc, lm_docs)
-        heldout_ids = np.asarray(enc.encode(heldout), dtype=np.int32)
+        # the end-of-text id in front, as between training documents: every token of the held-out text is then
+        # scored, so bits per byte divide by exactly its bytes for both tokenizers
+        heldout_ids = np.asarray([enc.eos_id] + list(enc.encode(heldout)), dtype=np.int32)
         results[name] = lm.train_and_score(spec.lm, train_ids, heldout_ids, heldout_bytes, enc.vocab_size,
                                            run_dir / name, progress)
         results[name]["vocab_size"] = enc.vocab_size
@@ -220,6 +222,9 @@ def run(spec: W19Spec, runs: Runs, progress: bool = False, sabotage: str | None 
     metrics = {
         "bpb": {n: r["bpb"] for n, r in results.items()},
         "bpb_ratio": results["sentencepiece"]["bpb"] / results["gpt2_bpe"]["bpb"],
+        # each model against the unigram model of its own tokens: a ratio compares tokenizers only when both
+        # models learned more than token frequencies
+        "bpb_vs_unigram": {n: r["bpb"] / r["unigram_bpb"] for n, r in results.items()},
         "lm": {n: {k: v for k, v in r.items() if k != "curve"} for n, r in results.items()},
         "curves": {n: r["curve"] for n, r in results.items()},
         "tokenizer_stats": tok_stats, "sabotage": sabotage,

@@ -101,4 +101,4 @@ class W19Spec(Strict):
     pipeline: PipelineSpec = PipelineSpec()
     tokenizer: TokenizerSpec
     lm: LMSpec
-    targets: dict[Literal["dedup_f1", "filter_f1", "bpb"], Target]
+    targets: dict[Literal["dedup_f1", "filter_f1", "bpb", "lm_vs_unigram"], Target]

@@ -28,6 +28,7 @@ import contextlib
 import fcntl
 import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -166,9 +167,14 @@ class Docker:
         nets = self.cmd("network", "ls", "-q", "--filter", mine, check=False).stdout.decode().split()
         for n in set(nets) | set(self.made["networks"]):
             self.cmd("network", "rm", n, check=False)
-        for tag in self.made["images"]:
+        for tag in self.made["images"]:  # a tag: when its image has other tags too, only this tag goes
             self.cmd("image", "rm", "-f", tag, check=False, timeout=300)
         for layer in reversed(self.made["layers"]):  # children first; those a kept image uses stay
+            # an id that carries a tag is someone's image (a build whose last steps were all this build's and
+            # that another build or `deploy build` tagged since): removing it by id would delete it, tag and all
+            tags = self.cmd("image", "inspect", "--format", "{{json .RepoTags}}", layer, check=False, timeout=60)
+            if tags.returncode != 0 or json.loads(tags.stdout.decode() or "null"):
+                continue  # gone already, or tagged
             self.cmd("image", "rm", layer, check=False, timeout=300)
         self.made = {"containers": [], "networks": [], "images": [], "layers": []}
 
@@ -231,11 +237,25 @@ def _start_dockerd() -> None:
     raise DaemonMissing(f"dockerd did not answer within 60 s; its log: {STATE / 'dockerd.log'}")
 
 
+def _suite_dockerd() -> int | None:
+    """The pid in started.pid when that process is alive and is a dockerd; None otherwise (the file is stale:
+    the daemon died, or the pid now belongs to another process)."""
+    try:
+        pid = int((STATE / "started.pid").read_text())
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+    except (OSError, ValueError):
+        return None
+    return pid if Path(argv0.decode(errors="replace")).name == "dockerd" and _alive(pid) else None
+
+
 def _stop_dockerd() -> None:
     pidfile = STATE / "started.pid"
     if not pidfile.exists():
         return
-    pid = int(pidfile.read_text())
+    pid = _suite_dockerd()
+    if pid is None:  # nothing of ours runs under that pid: never signal whatever has it now
+        pidfile.unlink(missing_ok=True)
+        return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
@@ -243,7 +263,7 @@ def _stop_dockerd() -> None:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)  # our child when this process started it: reap it
         time.sleep(0.2)
-    if _alive(pid):
+    if _suite_dockerd() == pid:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     pidfile.unlink(missing_ok=True)
@@ -279,13 +299,22 @@ def connect() -> Docker:
     with file_lock("daemon"):
         user = f"{os.getpid()}-{next(_sessions)}"  # one per session: a process may hold two at once
         (_users_dir() / user).touch()
-        if not _answers(f"unix://{SOCKET}", 5)[0]:
-            _stop_dockerd()  # a daemon of an earlier, killed suite that no longer answers
-            try:
-                _start_dockerd()
-            except BaseException:
-                (_users_dir() / user).unlink(missing_ok=True)
-                raise
+        try:
+            if not _answers(f"unix://{SOCKET}", 5)[0]:
+                if _suite_dockerd() is not None:
+                    # our dockerd runs, only slowly (both cores busy with other workers' training): another
+                    # process of the suite may be using it, so wait for it rather than restart it under them
+                    ok, why = _answers(f"unix://{SOCKET}", 60)
+                    if not ok:
+                        raise DaemonMissing(f"the suite's dockerd (pid {_suite_dockerd()}) runs but did not answer "
+                                            f"at unix://{SOCKET} within 60 s ({why}); its log: "
+                                            f"{STATE / 'dockerd.log'}")
+                else:  # none of ours runs (an earlier suite's was killed): clear its pidfile, start a new one
+                    _stop_dockerd()
+                    _start_dockerd()
+        except BaseException:
+            (_users_dir() / user).unlink(missing_ok=True)
+            raise
         return Docker(f"unix://{SOCKET}", started_by_suite=True, user=user)
 
 
@@ -461,13 +490,16 @@ def docker_build(d: Docker, ctx: Path, tag: str, build_args: dict | None = None,
     t0 = time.monotonic()
     p = d.cmd(*args, str(ctx), timeout=timeout, check=False)
     log = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
-    # the intermediate images of every step (the build stage's chain is untagged once the tag goes): removed with
-    # the tag unless kept; a FROM step's id is the base image's, which stays
-    layers, after_from = [], False
+    # the intermediate images this build made (the build stage's chain is untagged once the tag goes): removed
+    # with the tag unless kept. A FROM step's id is the base image's, and a step printed after "Using cache" is an
+    # image an earlier build made (perhaps the chain of a kept image): neither is this build's to remove
+    layers, skip = [], False
     for line in log.splitlines():
         if _STEP.match(line):
-            after_from = " : FROM " in line
-        elif line.startswith(" ---> ") and not after_from and re.fullmatch(r"[0-9a-f]{12}", line[6:].strip()):
+            skip = " : FROM " in line
+        elif line.strip() == "---> Using cache":
+            skip = True
+        elif line.startswith(" ---> ") and not skip and re.fullmatch(r"[0-9a-f]{12}", line[6:].strip()):
             layers.append(line[6:].strip())
     d.made["layers"] += layers
     if p.returncode != 0:
@@ -486,7 +518,8 @@ def build_image(spec=None, d: Docker | None = None, *, flavor: str | None = None
     """Build deploy/docker/Dockerfile.<flavor> into llm-milestones:<flavor>-<context hash>.
 
     base_image None: the debootstrap base (made once, kept); any other value is passed as BASE_IMAGE.
-    keep: leave the tag (the CLI); False: the tag is removed with the rest of the session's objects (the tests).
+    keep: leave the tag (the CLI); False: a tag unique to this session (llm-milestones:<flavor>-<hash>-tmp-<owner>),
+    removed with the rest of the session's objects (the tests); an image that also carries another tag stays.
     `spec`: a W21Spec (its `container` section) or a ContainerSpec gives flavor and base_image unless passed."""
     if spec is not None and getattr(spec, "container", spec) is not None:
         from impl.w21_infra.image import container_spec
@@ -510,7 +543,9 @@ def build_image(spec=None, d: Docker | None = None, *, flavor: str | None = None
             t0 = time.monotonic()
             ctx = build_context(dockerfile, lock, Path(tmp) / "ctx", host_wheels=flavor == "cpu")
             info["context_s"] = round(time.monotonic() - t0, 1)
-            tag = f"{IMAGE_REPO}:{flavor}-{context_hash(ctx)}"
+            # keep=False: a tag of this session's own, never the one `deploy build` keeps for the same content
+            # (removing a shared tag would take a user's image away)
+            tag = f"{IMAGE_REPO}:{flavor}-{context_hash(ctx)}" + ("" if keep else f"-tmp-{d.owner}")
             info.update(docker_build(d, ctx, tag, {"BASE_IMAGE": base_image}, timeout=timeout))
         if keep:
             d.made["images"].remove(tag)

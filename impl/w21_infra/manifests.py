@@ -11,6 +11,16 @@ writes
     hostfile           DeepSpeed's, for SSH clusters (cluster.hostnames, slots = processes per node)
     launch.sh          the per-node commands (`deepspeed --no_ssh --node_rank i`, run on node i) and the pdsh form
 
+Volumes, the same in both manifests (the TrainJob adds them to the runtime's `node` replicated job and container
+through `spec.runtimePatches`, the v1alpha1 CRD's way to change the runtime's pod template):
+    artifacts      at /artifacts (the run directory: checkpoints, logs): the claim `cluster.artifacts_pvc`, which
+                   every node mounts (ReadWriteMany), so a pod the Job or JobSet restarts resumes from the last
+                   checkpoint; without one an emptyDir, gone with its pod: a restarted pod starts over
+    fixture-cache  at the image's LLM_MILESTONES_CACHE (/home/app/.cache/llm-milestones): the claim
+                   `cluster.data_pvc`: the fixture cache (data, tokenizers, token caches), filled beforehand where
+                   they can be fetched (`python -m impl fetch`, the profile's hub data); the pods run with
+                   HF_HUB_OFFLINE=1 and fetch nothing. Without a claim nothing is mounted: the pods find no data.
+
 Validation (no cluster, no network): core objects against kubernetes-validate's bundled schemas at
 `cluster.kubernetes_version` (strict: unknown fields are errors), the TrainJob against the openAPIV3Schema of
 Kubeflow Trainer's CRD kept in deploy/k8s/crds/ (its SOURCE.md and LICENSE beside it), unknown fields closed
@@ -33,7 +43,11 @@ from impl.w21_infra.spec import W21Spec
 
 CRD = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "crds" / "trainer.kubeflow.org_trainjobs.yaml"
 WORKER = "impl.w21_infra.worker"
-RUN_DIR = "/artifacts"  # the shared volume in the pods
+RUN_DIR = "/artifacts"  # the run directory's volume in the pods (shared only with cluster.artifacts_pvc)
+CACHE = "/home/app/.cache/llm-milestones"  # LLM_MILESTONES_CACHE in deploy/docker/Dockerfile.{cpu,cuda}
+# the torch-distributed ClusterTrainingRuntime's replicated job and its container are both named "node"
+RUNTIME_JOB = RUNTIME_CONTAINER = "node"
+APP_GID = 1000  # the images' user `app` (uid and gid 1000): fsGroup, so that it can write the mounted claims
 
 
 class ManifestError(MilestonesError):
@@ -57,7 +71,8 @@ def _worker_args(spec: W21Spec) -> list[str]:
 
 def _env(spec: W21Spec) -> list[dict]:
     c = spec.cluster
-    env = [{"name": "HF_HUB_OFFLINE", "value": "1"},  # nothing fetched at run time: the image carries the data
+    # nothing fetched at run time: data and tokenizers come from the fixture cache volume (cluster.data_pvc)
+    env = [{"name": "HF_HUB_OFFLINE", "value": "1"},
            {"name": "OMP_NUM_THREADS", "value": "1" if c.gpus_per_node else str(max(1, int(float(c.cpu_per_node))
                                                                                       // c.nproc_per_node))}]
     if c.gpus_per_node == 0:
@@ -73,8 +88,29 @@ def _resources(spec: W21Spec) -> dict:
     return {"requests": dict(r), "limits": dict(r)}
 
 
+def _volumes(spec: W21Spec) -> tuple[list[dict], list[dict]]:
+    """(volumes, the trainer container's volumeMounts), the same in both manifests: the run directory from
+    cluster.artifacts_pvc (an emptyDir without one: a restarted pod finds no checkpoint and starts over), the
+    fixture cache from cluster.data_pvc (nothing without one)."""
+    c = spec.cluster
+    volumes = [{"name": "artifacts", **({"persistentVolumeClaim": {"claimName": c.artifacts_pvc}}
+                                        if c.artifacts_pvc else {"emptyDir": {}})}]
+    mounts = [{"name": "artifacts", "mountPath": RUN_DIR}]
+    if c.data_pvc:
+        volumes.append({"name": "fixture-cache", "persistentVolumeClaim": {"claimName": c.data_pvc}})
+        mounts.append({"name": "fixture-cache", "mountPath": CACHE})
+    return volumes, mounts
+
+
 def trainjob(spec: W21Spec) -> dict:
     c = spec.cluster
+    volumes, mounts = _volumes(spec)
+    # v1alpha1 has no volumes under `trainer`: they patch the runtime's pod template (replicated job and container
+    # "node" of torch-distributed) through runtimePatches, owned by the `manager` named here
+    patch = {"manager": "llm-milestones", "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [{
+        "name": RUNTIME_JOB, "template": {"spec": {"template": {"spec": {
+            "securityContext": {"fsGroup": APP_GID}, "volumes": volumes,
+            "containers": [{"name": RUNTIME_CONTAINER, "volumeMounts": mounts}]}}}}}]}}}}
     return {
         "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
         "metadata": {"name": c.name, "namespace": c.namespace, "labels": {"app.kubernetes.io/part-of": "llm-milestones"}},
@@ -87,6 +123,7 @@ def trainjob(spec: W21Spec) -> dict:
                 "numNodes": c.nodes, "numProcPerNode": c.nproc_per_node,
                 "resourcesPerNode": _resources(spec), "env": _env(spec),
             },
+            "runtimePatches": [patch],
         },
     }
 
@@ -103,19 +140,20 @@ def indexed_job(spec: W21Spec) -> list[dict]:
     command = ["python", "-m", "torch.distributed.run", "--nnodes", str(c.nodes), "--nproc-per-node",
                str(c.nproc_per_node), "--node-rank", "$(NODE_RANK)", "--master-addr", f"{c.name}-0.{c.name}",
                "--master-port", str(c.master_port), *_worker_args(spec)]
-    artifacts = ({"persistentVolumeClaim": {"claimName": c.artifacts_pvc}} if c.artifacts_pvc else {"emptyDir": {}})
+    volumes, mounts = _volumes(spec)
     job = {
         "apiVersion": "batch/v1", "kind": "Job",
         "metadata": {"name": c.name, "namespace": c.namespace, "labels": labels},
         "spec": {
             "completionMode": "Indexed", "completions": c.nodes, "parallelism": c.nodes,
-            # a lost node fails its pod; the Job recreates it and the worker resumes from the last checkpoint
-            # (on the shared volume: set cluster.artifacts_pvc to a ReadWriteMany claim)
+            # a lost node fails its pod and the Job recreates it: with cluster.artifacts_pvc the worker resumes
+            # from the last checkpoint on that claim; with the emptyDir (no claim) the new pod starts over
             "backoffLimit": 3,
             "template": {
                 "metadata": {"labels": labels},
                 "spec": {
                     "subdomain": c.name, "restartPolicy": "Never",
+                    "securityContext": {"fsGroup": APP_GID},  # the image's user writes the mounted claims
                     "containers": [{
                         "name": "trainer", "image": c.image, "command": command,
                         "env": [{"name": "NODE_RANK", "valueFrom": {"fieldRef": {
@@ -123,11 +161,10 @@ def indexed_job(spec: W21Spec) -> list[dict]:
                             *_env(spec)],
                         "ports": [{"name": "rendezvous", "containerPort": c.master_port}],
                         "resources": _resources(spec),
-                        "volumeMounts": [{"name": "artifacts", "mountPath": RUN_DIR},
-                                         {"name": "dshm", "mountPath": "/dev/shm"}],
+                        "volumeMounts": [*mounts, {"name": "dshm", "mountPath": "/dev/shm"}],
                     }],
-                    "volumes": [{"name": "artifacts", **artifacts},
-                                {"name": "dshm", "emptyDir": {"medium": "Memory"}}],  # NCCL's shared memory
+                    # dshm: NCCL's shared memory
+                    "volumes": [*volumes, {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
                 },
             },
         },

@@ -86,9 +86,17 @@ def node_command(spec: W21Spec, node_rank: int, master_addr: str, port: int, run
 
 def check_port_free(host: netns.Host, port: int) -> None:
     """One clear error before launching when the master's rendezvous port is taken on host 0."""
-    probe = ("import socket,sys\ns=socket.socket(socket.AF_INET6)\ns.setsockopt(socket.IPPROTO_IPV6, "
-             "socket.IPV6_V6ONLY, 0)\ntry:\n    s.bind(('::', int(sys.argv[1])))\nexcept OSError as e:\n"
-             "    print(e); sys.exit(3)\n")
+    # IPv4's wildcard always (the rendezvous is IPv4 here); IPv6's only where the namespace has it (a kernel or
+    # namespace with IPv6 disabled refuses the socket or the address: that is not a port in use).
+    # SO_REUSEADDR: a socket left in TIME_WAIT is no conflict, a listening one still is.
+    probe = ("import errno,socket,sys\nport=int(sys.argv[1])\n"
+             "for fam,addr in ((socket.AF_INET,'0.0.0.0'),(socket.AF_INET6,'::')):\n"
+             "    try:\n        s=socket.socket(fam)\n    except OSError:\n        continue\n"
+             "    try:\n        s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+             "        if fam==socket.AF_INET6:\n            s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n"
+             "        s.bind((addr,port))\n    except OSError as e:\n"
+             "        if e.errno==errno.EADDRINUSE:\n            print(e); sys.exit(3)\n"
+             "        if fam==socket.AF_INET:\n            raise\n    finally:\n        s.close()\n")
     r = subprocess.run(["ip", "netns", "exec", host.netns, sys.executable, "-c", probe, str(port)],
                        capture_output=True, text=True)
     if r.returncode == 3:
@@ -234,7 +242,13 @@ def fault_and_resume(spec: W21Spec, runs: Runs, uninterrupted: dict | None = Non
     run_dir = runs.dir_for({**base, "kind": "fault", "kill_after_step": f.kill_after_step, "sabotage": sabotage},
                            name="fault")
     if not (run_dir / "fault.json").exists():
+        # an interrupted earlier attempt: nothing of it may stand in for this one (a stale `holding` would have
+        # host 1 killed before any checkpoint exists; stale logs and metrics would be read as this run's)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for stale in ["holding", "metrics.json", *(f"{kind}{tag}.{ext}" for tag in ("_killed", "_resumed")
+                                                    for kind, ext in (("train_log", "jsonl"), ("metrics", "json"),
+                                                                      ("host0", "log"), ("host1", "log")))]:
+            (run_dir / stale).unlink(missing_ok=True)
         prepare(gpt.data, gpt.tokenizer)
         with netns.two_hosts(spec.hosts.subnet) as hosts:
             port = spec.hosts.master_port
@@ -242,8 +256,9 @@ def fault_and_resume(spec: W21Spec, runs: Runs, uninterrupted: dict | None = Non
             write_json(run_dir / "job.json", {**base, "hold_after_step": f.kill_after_step, "log_suffix": "_killed"})
             detect, error = _kill_host_1(spec, hosts, run_dir, port)
             (run_dir / "holding").unlink(missing_ok=True)
-            write_json(run_dir / "job.json", {**base, "resume": True, "log_suffix": "_resumed",
-                                              "fresh_weights": sabotage == "fresh_weights"})
+            # require_checkpoint: a relaunch that finds no checkpoint fails instead of starting at step 0
+            write_json(run_dir / "job.json", {**base, "resume": True, "require_checkpoint": True,
+                                              "log_suffix": "_resumed", "fresh_weights": sabotage == "fresh_weights"})
             with Launch(spec, hosts, run_dir, port, "_resumed") as launch:
                 launch.wait(spec.hosts.timeout_s)
         write_json(run_dir / "fault.json", {"detect_seconds": detect, "launcher_error": error})
@@ -259,10 +274,18 @@ def fault_and_resume(spec: W21Spec, runs: Runs, uninterrupted: dict | None = Non
         # the killed run's steps up to the checkpoint, then the resumed run's (steps after the checkpoint ran twice)
         "resumed_curve": [(s, v) for s, v in killed if s < resumed["start_step"]] + after,
         "killed_run_curve": killed, "resumed_from_step": resumed["start_step"],
+        "expected_resume_step": expected_resume_step(spec),
         "killed_after_step": f.kill_after_step, "detect_seconds": fault["detect_seconds"],
         "detect_timeout_s": f.detect_timeout_s, "launcher_error": fault["launcher_error"],
         "checkpoint_every": f.checkpoint_every, "run_dir": str(run_dir), "sabotage": sabotage,
     }
+
+
+def expected_resume_step(spec: W21Spec) -> int:
+    """The step the relaunch must start at: that of the last checkpoint host 1 saved before it was killed (the
+    worker saves after step s when (s + 1) % checkpoint_every == 0, and holds after saving)."""
+    f = spec.fault
+    return (f.kill_after_step + 1) // f.checkpoint_every * f.checkpoint_every
 
 
 def _read_log(path: Path) -> list:

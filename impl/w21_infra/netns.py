@@ -7,14 +7,18 @@
 
 Each namespace has its own loopback and one end of the veth pair; gloo is told to use that end
 (GLOO_SOCKET_IFNAME), since the hostname resolves to 127.0.0.1. The addresses exist only inside the namespaces:
-from the root namespace, packets to them would leave by the default route. Names carry the pid and a counter,
-so two pytest-xdist workers (or two tests) never share one; leaving the `with` (also on an exception) kills
-what still runs inside and deletes both namespaces, which deletes the veth pair with them.
+from the root namespace, packets to them would leave by the default route. Namespace names carry the pid and a
+counter, veth names (w21v<i>-<8 random hex>, 14 characters) a random suffix, so two pytest-xdist workers (or two
+tests) never share one; leaving the `with` (also on an exception) kills what still runs inside and deletes both
+namespaces, which deletes the veth pair with them. Each namespace's maker is recorded under
+/run/llm-milestones-netns (boot id, PID namespace, pid): a later run deletes only those a dead process of the same
+boot and PID namespace left behind.
 """
 from __future__ import annotations
 
 import itertools
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,6 +35,14 @@ class NetnsError(MilestonesError):
 
 PREFIX = "w21h"
 _counter = itertools.count()
+# who made each namespace: "<boot id> <pid namespace> <pid>", one file per namespace (removed with it), so that a
+# later run deletes only namespaces left by a dead process of this same boot and PID namespace
+OWNERS = Path("/run/llm-milestones-netns")
+
+
+def _owner() -> str:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot} {os.readlink('/proc/self/ns/pid')} {os.getpid()}"
 
 
 @dataclass(frozen=True)
@@ -77,18 +89,24 @@ def kill_all_in(netns: str) -> None:
 
 def remove(netns: str) -> None:
     kill_all_in(netns)
-    subprocess.run(["ip", "netns", "del", netns], capture_output=True)  # also deletes its veth end and the peer
+    r = subprocess.run(["ip", "netns", "del", netns], capture_output=True)  # also deletes its veth end and the peer
+    if r.returncode == 0 or not exists(netns):
+        (OWNERS / netns).unlink(missing_ok=True)
 
 
 def stale() -> list[str]:
-    """This suite's namespaces whose creating process is gone (a run killed before its `finally`)."""
+    """This suite's namespaces whose creating process is gone (a run killed before its `finally`): only those whose
+    owner record names this boot and this PID namespace, and whose pid no longer runs. A namespace without a record,
+    or made from another PID namespace (another container sharing /run) or boot, is left alone."""
     found = []
+    boot, pidns, _ = _owner().split(" ")
     for path in Path("/run/netns").glob(f"{PREFIX}*"):
         try:
-            pid = int(path.name.split("-")[1])
-        except (IndexError, ValueError):
+            o_boot, o_pidns, o_pid = (OWNERS / path.name).read_text().split()
+            pid = int(o_pid)
+        except (OSError, ValueError):
             continue
-        if not Path(f"/proc/{pid}").exists():
+        if o_boot == boot and o_pidns == pidns and not Path(f"/proc/{pid}").exists():
             found.append(path.name)
     return found
 
@@ -102,10 +120,15 @@ def two_hosts(subnet: str = "10.77.0"):
         remove(name)
     n = next(_counter)
     tag = f"{os.getpid()}-{n}"
-    hosts = [Host(i, f"{PREFIX}{i}-{tag}", f"w21v{i}-{os.getpid() % 100000}-{n % 100}", f"{subnet}.{i + 1}")
-             for i in range(2)]
+    # veth names live in the root namespace (15 characters at most): a random suffix, never one derived from the
+    # pid, which two workers (or two PID namespaces) can share modulo anything
+    suffix = secrets.token_hex(4)
+    hosts = [Host(i, f"{PREFIX}{i}-{tag}", f"w21v{i}-{suffix}", f"{subnet}.{i + 1}") for i in range(2)]
+    owner = _owner()
     try:
+        OWNERS.mkdir(parents=True, exist_ok=True)
         for h in hosts:
+            (OWNERS / h.netns).write_text(owner + "\n")
             _ip("netns", "add", h.netns)
         _ip("link", "add", hosts[0].ifname, "type", "veth", "peer", "name", hosts[1].ifname)
         for h in hosts:

@@ -9,7 +9,7 @@
         eval: {stride: 64, max_tokens: 4096}
       hosts: {count: 2, nproc_per_host: 1, launcher: torchrun}   # network namespaces here, nodes on a cluster
       fault: {checkpoint_every: 4, kill_after_step: 5, detect_timeout_s: 60}
-      cluster: {image: llm-milestones:cpu, kubernetes_version: "1.30", gpus_per_node: 0}   # manifests
+      cluster: {image: llm-milestones:cpu, kubernetes_version: "1.30", gpus_per_node: 0, data_pvc: w21-data}
       targets: {two_host_max_loss_diff: ..., resume_final_loss_diff: ..., manifests_invalid: ...}
 """
 from __future__ import annotations
@@ -63,7 +63,12 @@ class ClusterSpec(Strict):
     kubernetes_version: str = "1.30"  # the bundled schema version kubernetes-validate checks against
     runtime: str = "torch-distributed"  # the Kubeflow ClusterTrainingRuntime the TrainJob refers to (torchrun)
     master_port: int = 29500
-    artifacts_pvc: str | None = None  # a ReadWriteMany claim for checkpoints shared by the nodes; None: emptyDir
+    # a ReadWriteMany claim mounted at the run directory (checkpoints shared by the nodes: a restarted pod resumes
+    # from them); None: an emptyDir, gone with the pod, so a restarted pod starts over
+    artifacts_pvc: str | None = None
+    # a claim holding the fixture cache (`python -m impl fetch`'s data and tokenizers, token caches), mounted at
+    # the image's LLM_MILESTONES_CACHE; None: nothing mounted, and the pods find no data (HF_HUB_OFFLINE=1)
+    data_pvc: str | None = None
     hostnames: list[str] = ["node0", "node1"]  # the SSH hosts of the DeepSpeed hostfile
     profile: str = "cpu"  # the profile the pods train (its w21.gpt section)
 

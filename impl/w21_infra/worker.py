@@ -10,7 +10,8 @@ The model, data, batches, optimizer, schedule and ZeRO config are w05's (impl/w0
 global batch of step s is a function of (seed, s) whatever the number of hosts: rank r of W takes its slice.
 A checkpoint (DeepSpeed's own: each rank's ZeRO partition of the optimizer state, the model, the scheduler) is
 saved after every `fault.checkpoint_every` steps into <run-dir>/checkpoints, which all hosts share (a shared
-volume on a cluster). With `--resume` the run continues from the newest one.
+volume on a cluster). A job with `resume` continues from the newest one, or starts at step 0 when there is none
+(a cluster's first launch); one with `require_checkpoint` (the fault check's relaunch) stops with an error instead.
 """
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def train_process(job: dict, run_dir: Path) -> None:
     from impl.w21_infra.spec import GPTSpec
 
     spec = GPTSpec.model_validate(job["gpt"])
+    ckpt_dir = run_dir / "checkpoints"
+    if job.get("require_checkpoint") and not (ckpt_dir / "latest").exists():
+        # a relaunch that must resume: starting at step 0 would quietly repeat the uninterrupted run
+        raise SystemExit(f"this job must resume from a checkpoint, but {ckpt_dir / 'latest'} does not exist (no "
+                         "checkpoint was saved before the host was lost, or the checkpoint directory is not the "
+                         "one the killed run wrote)")
     rank, world, device = init_from_env()
     t = spec.train
     per_rank_seqs = t.batch_size // world
@@ -52,7 +59,6 @@ def train_process(job: dict, run_dir: Path) -> None:
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun and the deepspeed launcher both set it
     node_rank = rank // per_node
 
-    ckpt_dir = run_dir / "checkpoints"
     start = 0
     if job.get("resume") and (ckpt_dir / "latest").exists():
         if job.get("fresh_weights"):  # the sabotage twin: the checkpoint's step, but nothing loaded
@@ -119,7 +125,8 @@ def train_process(job: dict, run_dir: Path) -> None:
 
 def job_from_profile(profile: str, run_dir: Path) -> dict:
     """The job a cluster's pods run: the profile's w21.gpt section, checkpoints every `fault.checkpoint_every`
-    steps, resuming when a checkpoint exists (a pod restarted by its Job continues the run)."""
+    steps, resuming when a checkpoint exists (a pod restarted by its Job continues the run when the run directory
+    is a persistent volume, cluster.artifacts_pvc; on an emptyDir a new pod finds no checkpoint and starts over)."""
     from impl.core.profiles import load_profile
 
     spec = load_profile(profile).milestone("w21")
