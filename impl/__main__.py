@@ -2,6 +2,8 @@
 
     python -m impl profiles                   # profiles, and whether this machine satisfies each
     python -m impl fetch [NAME ...]           # obtain, verify and cache fixture data and models
+    python -m impl fetch --check [--lock]     # is every pinned archive (and locked package) still served?
+    python -m impl lock [--check]             # regenerate requirements-cpu.lock from this venv / compare them
     python -m impl train w01 --profile cpu    # train a milestone outside pytest, with a progress bar
     python -m impl train w03 --profile cpu    # w03's three runs: classifier, causal-LM fine-tune, MLM
     python -m impl train w05 --profile cpu    # the DeepSpeed ZeRO-2 run on 2 processes (torchrun)
@@ -42,11 +44,35 @@ def cmd_profiles(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from impl.core.fixtures import fetch, sources
+    from impl.core.fixtures import check_served, fetch_all, sources, table
 
-    for name in args.names or list(sources()):
-        fetch(name)
-    return 0
+    names = args.names or list(sources())
+    if args.check:
+        rows = check_served(names)
+        print(table(rows, ["fixture", "source", "status", "needed_by", "detail"]))
+        gone = [r for r in rows if r["status"] != "served"]
+        if args.lock:
+            from impl.core.lock import check_lock_served
+
+            lock_rows = check_lock_served()
+            gone += lock_rows
+            print(f"\nlocked packages: {len(lock_rows)} of them not served" + "".join(
+                f"\n  {r['source']}: {r['detail']}" for r in lock_rows))
+        for r in gone:
+            print(f"NOT SERVED: {r['source']} ({r['fixture']}): {r['detail']}", file=sys.stderr)
+        return 1 if gone else 0
+    rows = fetch_all(names)
+    print(table(rows, ["fixture", "source", "status", "needed_by"]))
+    missing = [r for r in rows if r["status"] != "ok"]
+    for r in missing:
+        print(f"MISSING {r['fixture']} (needed by {', '.join(r['needed_by'])}): {r['error']}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_lock(args) -> int:
+    from impl.core import lock
+
+    return lock.main(["--check"] if args.check else [])
 
 
 def cmd_train(args) -> int:
@@ -294,8 +320,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("profiles", help="list hardware profiles").set_defaults(func=cmd_profiles)
+    lk = sub.add_parser("lock", help="regenerate requirements-cpu.lock from this venv, or --check it")
+    lk.add_argument("--check", action="store_true", help="exit 1 naming each difference between the venv and the lock")
+    lk.set_defaults(func=cmd_lock)
     f = sub.add_parser("fetch", help="obtain and cache fixture data and models")
     f.add_argument("names", nargs="*")
+    f.add_argument("--check", action="store_true",
+                   help="ask each registry whether every source is still served (downloads no archive)")
+    f.add_argument("--lock", action="store_true",
+                   help="with --check: also every package version pinned in the environment's lock file")
     f.set_defaults(func=cmd_fetch)
     t = sub.add_parser("train", help="train one milestone under a profile")
     t.add_argument("milestone", choices=list(MILESTONES), metavar="MILESTONE")

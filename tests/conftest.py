@@ -40,7 +40,7 @@ def wikitext_like_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def alpaca_like_dir(tmp_path_factory):
     """What `datasets` fetches for tatsu-lab/alpaca (one train split: instruction, input, output, text), in
-    miniature, built from real natural_instructions rows."""
+    miniature, built from real AlpacaEval rows."""
     import json
 
     import pyarrow as pa
@@ -49,8 +49,8 @@ def alpaca_like_dir(tmp_path_factory):
     from impl.core.fixtures import fixture_path
 
     out = tmp_path_factory.mktemp("alpaca")
-    rows = [json.loads(line) for line in
-            (fixture_path("natural-instructions") / "subtask041_qasc_answer_generation.jsonl").read_text().splitlines()[:60]]
+    with open(fixture_path("alpaca-eval") / "instructions.jsonl") as f:
+        rows = [json.loads(next(f)) for _ in range(60)]
     pq.write_table(pa.table({"instruction": [r["instruction"] for r in rows], "input": [r["input"] for r in rows],
                              "output": [r["references"][0] for r in rows], "text": ["" for _ in rows]}),
                    out / "train-00000-of-00001.parquet")

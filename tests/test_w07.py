@@ -111,7 +111,9 @@ def test_held_out_examples_are_fixed_and_never_trained_on():
     a, b = load_splits(CPU.data), load_splits(CPU.data)
     assert [e.id for e in a.eval] == [e.id for e in b.eval] and len(a.eval) == CPU.data.eval_examples
     assert not {e.id for e in a.eval} & {e.id for e in a.train}
-    assert len({e.id.split("/")[0] for e in a.eval}) > 1  # several subtasks in the held-out set
+    with open(fixture_path("alpaca-eval") / "instructions.jsonl") as f:
+        rows = {r["id"]: r["dataset"] for r in map(json.loads, f)}
+    assert len({rows[e.id] for e in a.eval}) > 1  # several AlpacaEval subsets in the held-out set
 
 
 def test_examples_longer_than_max_length_are_dropped_not_truncated():
@@ -135,7 +137,7 @@ def test_rouge_l_is_the_best_reference_lcs_f_measure():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"subtasks": ["subtask999_nothing"]}, "unknown natural_instructions subtask"),
+    ({"subsets": ["koala"], "max_output_chars": 20}, "fit the limits"),
     ({"max_output_chars": 1}, "fit the limits"),
     ({"eval_examples": 100000}, "eval_examples=100000"),
 ])

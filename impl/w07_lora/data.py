@@ -1,7 +1,8 @@
 """Instruction data for w07: (instruction, input, references) examples, split into training and held-out by a
 hash of each example's id, and turned into chat messages.
 
-Offline: BIG-bench natural_instructions (the fixture keeps one JSONL per subtask). Hub: an Alpaca-format dataset
+Offline: AlpacaEval's 805 instructions with their reference outputs (the `alpaca-eval` fixture: Alpaca's own
+evaluation set, so training and held-out examples both come from it, split by hash). Hub: an Alpaca-format dataset
 (`instruction`, `input`, `output`), or the same parquet files from `local_dir`.
 """
 from __future__ import annotations
@@ -47,46 +48,33 @@ def _fits(e: Example, data: InstructionData) -> bool:
         (data.max_output_chars is None or len(e.references[0]) <= data.max_output_chars)
 
 
-def _offline(data: InstructionData) -> dict[str, list[Example]]:
-    root = fixture_path("natural-instructions")
-    known = json.loads((root / "subtasks.json").read_text())
-    unknown = [s for s in data.subtasks if s not in known]
-    if unknown:
-        raise DataError(f"unknown natural_instructions subtask(s) {unknown}; known: {', '.join(sorted(known))}")
-    groups = {}
-    for name in data.subtasks:
-        with open(root / f"{name}.jsonl") as f:
-            groups[name] = [Example(**json.loads(line)) for line in f]
-    return groups
+def _offline(data: InstructionData) -> list[Example]:
+    with open(fixture_path("alpaca-eval") / "instructions.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    return [Example(r["id"], r["instruction"], r["input"], r["references"]) for r in rows
+            if not data.subsets or r["dataset"] in data.subsets]
 
 
-def _hub(data: InstructionData) -> dict[str, list[Example]]:
+def _hub(data: InstructionData) -> list[Example]:
     ds, _ = hub_dataset(data.hub_path, data.hub_name, data.local_dir, ("train",))
     rows = ds["train"]
     missing = [c for c in (data.instruction_column, data.input_column, data.output_column) if c not in rows.column_names]
     if missing:
         raise DataError(f"{data.local_dir or data.hub_path}: no column(s) {missing}; it has {rows.column_names}")
-    return {"all": [Example(f"{data.hub_path or 'local'}/{i}", r[data.instruction_column].strip(),
-                            (r[data.input_column] or "").strip(), [r[data.output_column].strip()])
-                    for i, r in enumerate(rows)]}
+    return [Example(f"{data.hub_path or 'local'}/{i}", r[data.instruction_column].strip(),
+                    (r[data.input_column] or "").strip(), [r[data.output_column].strip()]) for i, r in enumerate(rows)]
 
 
 def load_splits(data: InstructionData) -> InstructionSplits:
-    groups = _offline(data) if data.source == "offline" else _hub(data)
-    train, held_out = [], []
-    for examples in groups.values():
-        kept = _hash_order([e for e in examples if e.references and e.references[0] and _fits(e, data)])
-        tr = [e for e in kept if not in_val(e.id, data.val_fraction)]
-        train += tr[:data.train_per_subtask] if data.source == "offline" else tr
-        held_out += [e for e in kept if in_val(e.id, data.val_fraction)]
-    if data.source == "hub" and data.max_train_examples:
-        train = train[:data.max_train_examples]
-    held_out = _hash_order(held_out)[:data.eval_examples]  # across subtasks, so every subtask is represented
+    examples = _offline(data) if data.source == "offline" else _hub(data)
+    kept = _hash_order([e for e in examples if e.references and e.references[0] and _fits(e, data)])
+    train = [e for e in kept if not in_val(e.id, data.val_fraction)][:data.max_train_examples]
+    held_out = [e for e in kept if in_val(e.id, data.val_fraction)][:data.eval_examples]
     if not train or len(held_out) < data.eval_examples:
         raise DataError(f"{len(train)} training and {len(held_out)} held-out examples fit the limits "
                         f"(max_input_chars={data.max_input_chars}, max_output_chars={data.max_output_chars}); "
                         f"need training examples and eval_examples={data.eval_examples} held out")
-    origin = (f"BIG-bench natural_instructions, {len(groups)} subtasks" if data.source == "offline"
+    origin = (f"AlpacaEval ({', '.join(data.subsets) or 'all five subsets'})" if data.source == "offline"
               else f"{data.local_dir or data.hub_path} (Alpaca format)")
     return InstructionSplits(train, held_out, f"{origin}: {len(train):,} training examples, {len(held_out)} held out "
                                               f"(split by sha256 of example id, val_fraction={data.val_fraction})")

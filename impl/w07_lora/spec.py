@@ -1,7 +1,7 @@
 """What a hardware profile says about w07; validated when the profile is loaded.
 
     w07:
-      data: {source: offline, corpus: [natural-instructions], subtasks: [...], train_per_subtask: 40, eval_examples: 40}
+      data: {source: offline, corpus: [alpaca-eval], max_train_examples: 200, eval_examples: 40}
       model: fixture:smollm2
       max_length: 192
       lora: {r: 16, alpha: 32, dropout: 0.0, target_modules: all-linear}
@@ -27,24 +27,23 @@ class Strict(BaseModel):
 
 
 class InstructionData(DataSource):
-    """Offline: BIG-bench natural_instructions subtasks (instruction = the subtask's one-line prompt). Hub: an
-    Alpaca-format dataset (instruction, input, output) with one `train` split."""
-    corpus: list[Literal["natural-instructions"]] = []
-    subtasks: list[str] = []  # offline: which of the 61 subtasks
+    """Offline: AlpacaEval's instructions with their reference outputs (the `alpaca-eval` fixture), optionally only
+    some of its subsets. Hub: an Alpaca-format dataset (instruction, input, output) with one `train` split."""
+    corpus: list[Literal["alpaca-eval"]] = []
+    subsets: list[Literal["selfinstruct", "oasst", "koala", "helpful_base", "vicuna"]] = []  # offline; [] = all
     instruction_column: str = "instruction"  # hub columns
     input_column: str = "input"
     output_column: str = "output"
     max_input_chars: int | None = None  # keep examples whose input and first reference fit a short context
     max_output_chars: int | None = None
     val_fraction: float = 0.1  # held out by sha256 of the example id, never trained on
-    train_per_subtask: int | None = None  # offline: the first N training examples of each subtask, in hash order
-    max_train_examples: int | None = None  # hub: the first N training rows in hash order
+    max_train_examples: int | None = None  # the first N training examples in hash order (None: all)
     eval_examples: int  # held-out examples scored before and after tuning (the first N in hash order)
 
     @model_validator(mode="after")
-    def _offline_subtasks(self):
-        if self.source == "offline" and not self.subtasks:
-            raise ValueError("source 'offline' needs 'subtasks' (natural_instructions subtask names)")
+    def _offline_corpus(self):
+        if self.source == "offline" and self.corpus != ["alpaca-eval"]:
+            raise ValueError("source 'offline' needs corpus: [alpaca-eval]")
         return self
 
 

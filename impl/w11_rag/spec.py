@@ -1,7 +1,7 @@
 """What a hardware profile says about w11; validated when the profile is loaded.
 
     w11:
-      data: {source: offline, corpus: [disfl-qa]}       # or {source: hub, hub_path: rajpurkar/squad}
+      data: {source: offline, corpus: [squad]}          # or {source: hub, hub_path: rajpurkar/squad}
       questions: 120                                    # answerable questions scored, a seeded sample
       chunks: {size: 600, overlap: 100}
       embedding_model: fixture:minilm
@@ -25,10 +25,9 @@ class Strict(BaseModel):
 
 
 class QAData(DataSource):
-    """Offline: BIG-bench `disfl_qa` (SQuAD's Wikipedia paragraphs, disfluent questions, one gold span) or the
-    natural_instructions Quoref subtask (Wikipedia passages, fluent questions). Hub: a SQuAD-format dataset
-    (id, title, context, question, answers.text) and its `split`."""
-    corpus: list[Literal["disfl-qa", "quoref"]] = []
+    """Offline: the `squad` fixture (SQuAD v1.1 validation, 1,000 questions with their paragraphs). Hub: a
+    SQuAD-format dataset (id, title, context, question, answers.text) and its `split`."""
+    corpus: list[Literal["squad"]] = []
     split: str = "validation"
 
 

@@ -381,9 +381,12 @@ def ensure_base(d: Docker, tag: str = BASE_TAG, mirror: str = MIRROR) -> dict:
 
 
 def host_lock(packages: list[str]) -> list[str]:
-    """Exact pins of `packages` and everything they need, as installed in this venv (the lock's source of truth)."""
+    """Exact pins of `packages` and everything they need (as this venv's metadata says), at the versions of the
+    suite's environment lock (requirements-cpu.lock): the image runs what the suite was tested with."""
     import importlib.metadata as md
     from packaging.requirements import Requirement
+
+    from impl.core.lock import read as read_env_lock
 
     seen: dict[str, str] = {}
     stack = list(packages)
@@ -398,7 +401,11 @@ def host_lock(packages: list[str]) -> list[str]:
             req = Requirement(r)
             if req.marker is None or req.marker.evaluate({"extra": ""}):
                 stack.append(req.name)
-    return [f"{k}=={v}" for k, v in sorted(seen.items())]
+    env_lock = read_env_lock()
+    unlocked = sorted(k for k in seen if k not in env_lock)
+    if unlocked:
+        raise DockerError(f"{', '.join(unlocked)}: not in requirements-cpu.lock; regenerate it (python -m impl lock)")
+    return [f"{k}=={env_lock[k]}" for k in sorted(seen)]
 
 
 def read_lock(path: Path) -> list[str]:

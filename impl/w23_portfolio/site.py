@@ -201,6 +201,8 @@ def index_page(card: dict, rows: list[dict]) -> str:
             status.append(f"{badge(worst)} {passed}/{n} {esc(p)}")
             if h is not None and h.get("value") is not None:
                 head.append(f"{esc(p)}: {measured_text(h)}")
+            elif worst == "error" and card_mod.error_reason(h):  # e.g. a fixture that could not be fetched
+                head.append(f"{esc(p)}: {esc(card_mod.error_reason(h))}")
         lines.append(f"| [{m.id} {esc(m.title)}](milestones/{m.id}.md) | {esc(m.seed_target)} | {'<br>'.join(status)} | "
                      f"{'<br>'.join(head)} |")
     return "\n".join(lines) + "\n"
