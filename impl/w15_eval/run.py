@@ -151,10 +151,12 @@ def evaluate(spec: W15Spec, profile, runs: Runs, sabotage: str | None = None, pr
     t0 = time.time()
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
 
-    chance = {}
+    chance, data_source = {}, None
     if spec.tasks.source == "local":
+        from impl.core.fixtures import origin
         from impl.w15_eval.data import write_task
 
+        data_source = f"mc-benchmarks fixture, {origin('mc-benchmarks')}"
         include = run_dir / "tasks"
         chance = {t.name: write_task(t.name, include, spec.limit, spec.sample_seed) for t in spec.tasks.list}
     else:
@@ -183,7 +185,7 @@ def evaluate(spec: W15Spec, profile, runs: Runs, sabotage: str | None = None, pr
         "models": models, "tasks": [t.model_dump() for t in spec.tasks.list], "scores": scores,
         "averages": averages(scores), "chance": chance, "harness": f"lm-evaluation-harness {_harness_version()}",
         "limit": spec.limit, "sample_seed": spec.sample_seed, "batch_size": spec.batch_size, "dtype": spec.dtype,
-        "task_source": spec.tasks.source, "sabotage": sabotage,
+        "task_source": spec.tasks.source, "data_source": data_source, "sabotage": sabotage,
         "model_seconds": {n: raw[n].get("seconds") for n in raw},
     }
     if chance:
