@@ -8,7 +8,9 @@
    paragraph and contains a gold answer), for the dense retriever, BM25 (rank-bm25, same chunks, lower-cased
    word tokens) and a retriever returning k random chunks.
 3. Answers: RAG (LangChain's chain, one question at a time, retrieval and generation timed separately),
-   closed-book (no context) and oracle (the gold paragraph), the last two batched; SQuAD v1.1 EM and F1.
+   closed-book (no context), random context (k random chunks: what any context buys without retrieval skill; the
+   random-retriever twin's chain sees exactly these) and oracle (the gold paragraph), the last three batched;
+   SQuAD v1.1 EM and F1.
 """
 from __future__ import annotations
 
@@ -108,7 +110,9 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
     eligible = QASet(documents, [q for q in qa.questions if q.doc_id in documents], qa.description)
     questions = eligible.sample(spec.questions, spec.seed)
     index_run = build_index(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), documents, progress)
-    run_dir = runs.dir_for({**spec.model_dump(exclude={"targets"}), "retriever": retriever})
+    # `conditions` names what a run answers: a run from before random context was measured is not reused
+    run_dir = runs.dir_for({**spec.model_dump(exclude={"targets"}), "retriever": retriever,
+                            "conditions": ["rag", "closed_book", "random_context", "oracle"]})
     if (run_dir / "metrics.json").exists():
         return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
 
@@ -147,16 +151,23 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
         generation_ms.append(1000 * (t2 - t1))
     rag_truncated = len(generator.truncated)
     closed = answer.batch([{"question": q.question, "context": None} for q in questions])
+    if retriever == "random":  # the twin: its chain already answered with exactly the no-skill retriever's chunks
+        random_context = rag
+    else:
+        no_skill = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)  # the twin's draws, its order
+        random_context = answer.batch([{"question": q.question, "context": no_skill.invoke(q.question)}
+                                       for q in questions])
     oracle = answer.batch([{"question": q.question, "context": documents[q.doc_id]} for q in questions])
 
     squad = load_metric("squad")
     refs = [q.answers for q in questions]
     scores = {name: squad.compute(predictions=preds, references=refs)
-              for name, preds in (("rag", rag), ("closed_book", closed), ("oracle", oracle))}
+              for name, preds in (("rag", rag), ("closed_book", closed), ("random_context", random_context),
+                                  ("oracle", oracle))}
     with open(run_dir / "answers.jsonl", "w") as f:
         for i, q in enumerate(questions):
             f.write(json.dumps({"id": q.id, "question": q.question, "answers": q.answers, "rag": rag[i],
-                                "closed_book": closed[i], "oracle": oracle[i],
+                                "closed_book": closed[i], "random_context": random_context[i], "oracle": oracle[i],
                                 "retrieved": [d.metadata["chunk_id"] for d in retrieved[i]],
                                 "rag_f1": scores["rag"]["f1_per_example"][i],
                                 "retrieval_ms": round(retrieval_ms[i], 2),
@@ -165,6 +176,7 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
     metrics = {
         "f1": scores["rag"]["f1"] / 100, "exact_match": scores["rag"]["exact_match"] / 100,
         "closed_book_f1": scores["closed_book"]["f1"] / 100, "closed_book_exact_match": scores["closed_book"]["exact_match"] / 100,
+        "random_context_f1": scores["random_context"]["f1"] / 100,
         "oracle_f1": scores["oracle"]["f1"] / 100, "oracle_exact_match": scores["oracle"]["exact_match"] / 100,
         # the retriever the chain used (dense; random in the sabotage twin), at the chain's k
         "recall_at_k": sum(any(_is_gold(by_id[d.metadata["chunk_id"]], q) for d in docs)

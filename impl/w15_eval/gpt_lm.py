@@ -44,6 +44,10 @@ class GPTLM(LM):
         out = []
         for i in range(0, len(pairs), self.batch_size):
             chunk = pairs[i:i + self.batch_size]
+            too_long = max(len(cont) for _, cont in chunk)
+            if too_long > self.max_length:  # no window holds it: scoring a cut continuation would be another metric
+                raise ValueError(f"a continuation of {too_long} tokens is longer than the model's context of "
+                                 f"{self.max_length}: this task's choices cannot be scored by this model")
             windows = [(ctx + cont)[-(self.max_length + 1):][:-1] for ctx, cont in chunk]
             width = max(len(w) for w in windows)
             batch = torch.tensor([w + [0] * (width - len(w)) for w in windows], device=self._dev)
