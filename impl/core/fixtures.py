@@ -47,6 +47,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LLM_MILESTONES_CACHE", Path.home() / ".cache" / "llm-milestones"))
 
 
+def _make_cache_dir() -> None:
+    """The cache, readable by every user: w21's image runs w01 as its own user over a read-only mount of it, and
+    a private folder (`mktemp -d` makes 0700 ones) would refuse it. It holds public registry data only."""
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    if root.stat().st_uid == os.geteuid():
+        root.chmod(root.stat().st_mode | 0o755)
+
+
 def sources_file() -> Path:
     """fixtures/sources.yaml, or the manifest LLM_MILESTONES_SOURCES names (a mirror's pins, or a test's)."""
     return Path(os.environ.get("LLM_MILESTONES_SOURCES", SOURCES_FILE))
@@ -453,7 +462,7 @@ def fetch(name: str, log=print) -> Path:
         return final
     if (final / "COMPLETE").exists():
         log(f"{name}: the manifest entry changed since it was cached: converting again")
-    cache_dir().mkdir(parents=True, exist_ok=True)
+    _make_cache_dir()
     failures = []
     for src in fixture["sources"]:
         try:
