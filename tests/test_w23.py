@@ -231,3 +231,14 @@ def test_in_a_fresh_session_the_site_shows_its_rows_and_interviews_skip_with_the
     assert numbers["status"] == "pass" and numbers["extra"]["numbers_checked"] > 0
     w01 = (tmp_path / "reports" / "site" / "milestones" / "w01.html").read_text()
     assert 'data-record="w01/test_records_a_row/iv2/value">123.2' in w01  # this session's row, before the session ended
+
+
+def test_a_sample_cut_inside_a_code_block_does_not_swallow_the_rest_of_the_page():
+    """w07's answers are cut at 32 tokens, often inside ```python: a page built from them lost every heading after
+    (mkdocs strict: missing anchors). md_text closes a fence left open, and only a bare fence closes one."""
+    from impl.w23_portfolio.site import md_text
+
+    text = md_text("- before: x\n```python\ndef f(\n```python\nprint(1\n")
+    assert text.endswith("\n```") and text.count("```") == 3
+    balanced = "```\ncode\n```\nafter"
+    assert md_text(balanced) == balanced

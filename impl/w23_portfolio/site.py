@@ -134,6 +134,15 @@ def md_text(text: str) -> str:
             if line.startswith("- ") and out and out[-1].strip() and not out[-1].startswith("- "):
                 out.append("")  # a list right under a paragraph (w07's before/after answers) needs a blank line
         out.append(line)
+    fence = None  # a generated answer cut mid code block (w07) must not swallow the rest of the page
+    for line in out:
+        mark = line.lstrip()[:3]
+        if fence is None and mark in ("```", "~~~"):
+            fence = mark
+        elif fence is not None and line.strip() and set(line.strip()) == {fence[0]} and len(line.strip()) >= 3:
+            fence = None  # only a bare fence closes one (```python inside a block does not)
+    if fence is not None:
+        out.append(fence)
     return "\n".join(out)
 
 
