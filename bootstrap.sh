@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+phases=()
+phase() { phases+=("$(printf '%-36s %5d s' "$1" "$SECONDS")"); SECONDS=0; }  # the time of each step, printed last
+SECONDS=0
 python=$(command -v python3.11 || command -v python3)
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 
@@ -33,6 +36,7 @@ else
     rm -r "$locked"
     .venv/bin/python -m impl lock --check  # a venv left from before that drifted says so here
 fi
+phase "venv and the locked install"
 
 # The fixtures come through apt-get download and npm pack; the scorecard's page is checked in headless Chromium,
 # and w23's portfolio site through selenium, which drives it with Debian's chromedriver (chromium-driver).
@@ -48,14 +52,19 @@ command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+phase "Debian packages"
 fetch_log=$(mktemp)
 fetch_rc=0
 .venv/bin/python -m impl fetch 2> >(tee "$fetch_log" >&2) || fetch_rc=$?
 
+phase "fixtures (fetch, verify, convert)"
 test_rc=0
 if [ "${1:-}" != "--setup" ]; then
-    .venv/bin/python -m pytest acceptance -m cpu || test_rc=$?
+    .venv/bin/python -m pytest acceptance -m cpu --durations=15 || test_rc=$?  # the slowest checks, last
+    phase "cpu acceptance suite"
 fi
+echo "== bootstrap.sh: time by step"
+printf '%s\n' "${phases[@]}"
 if [ "$fetch_rc" != 0 ]; then
     echo "bootstrap: some fixtures could not be fetched; the checks that need them are ERROR rows:" >&2
     grep '^MISSING' "$fetch_log" >&2 || true

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from impl.core.calibration import suggest
+from impl.core.calibration import seeded_profile, suggest
 from impl.core.profiles import load_profile, with_seed
 from impl.core.targets import Target
 
@@ -84,8 +84,10 @@ def test_seeds_on_a_check_that_does_not_loop_over_them_is_an_error_not_a_silent_
     (dict(direction="lower"), [246.7, 248.2, 253.8], {"unigram": 882.4}, 280),
     # float round-off with its own headroom (w13: 4.8e-8 worst, x20)
     (dict(direction="lower", headroom=20), [4.8e-8, 3.7e-8, 4.2e-8], {}, 9.6e-7),
-    # a ratio that may only stay close to its baseline (w09 int8 ppl: 1.0068/1.0036/1.0136)
-    (dict(direction="lower", baselines=["b"], compare="ratio", headroom=2), [1.0068, 1.0036, 1.0136], {}, 1.03),
+    # a ratio that may only stay close to its baseline (w09 int8 ppl: 0.9987/1.0025/1.0202)
+    (dict(direction="lower", baselines=["b"], compare="ratio"), [0.9987, 1.0025, 1.0202], {}, 1.022),
+    # w15: average accuracy minus chance (0.1497/0.133/0.1099), chance recorded beside it as a trivial reference
+    (dict(direction="higher", baselines=["chance"]), [0.1497, 0.133, 0.1099], {"chance": 0.2503}, 0.073),
 ])
 def test_the_calibration_rule_reproduces_the_committed_thresholds(target, values, trivial, expected):
     threshold, rule = suggest(Target(threshold=0, protocol="p", **target), values, trivial)
@@ -97,6 +99,22 @@ def test_no_threshold_is_suggested_when_the_worst_seed_does_not_beat_the_trivial
     assert threshold is None and "does not beat the trivial unigram" in rule
     threshold, rule = suggest(Target(direction="lower", threshold=0, protocol="p"), [900.0, math.nan])
     assert threshold is None and "NaN" in rule
+    # a margin over a baseline is not compared with the absolute trivial value recorded beside it (w15: accuracy
+    # minus chance against chance itself, 0.25): its no-skill point, 0, already stands for that baseline
+    margin = Target(direction="higher", threshold=0, protocol="p", baselines=["chance"], compare="difference")
+    threshold, rule = suggest(margin, [0.1497, 0.133, 0.1099], {"equal log-likelihoods (chance)": 0.2503})
+    assert threshold == 0.073 and "two thirds" in rule
+
+
+def test_a_seed_of_a_milestone_is_also_a_seed_of_every_run_it_receives():
+    """w09 measures w07's tuned model, so calibrating w09 over seeds trains that model per seed; w15 also reads
+    w01's GPT and samples its items by `sample_seed`. Milestones it does not receive stay as they were."""
+    raw = yaml.safe_load((ROOT / "hardware_profiles" / "cpu.yaml").read_text())
+    w09 = seeded_profile(raw, "w09", 2)["milestones"]
+    assert w09["w07"]["train"]["seed"] == 2 and w09["w01"] == raw["milestones"]["w01"]
+    w15 = seeded_profile(raw, "w15", 1)["milestones"]
+    assert w15["w15"]["sample_seed"] == 1 and w15["w01"]["train"]["seed"] == 1 and w15["w07"]["train"]["seed"] == 1
+    assert w15["w03"] == raw["milestones"]["w03"]
 
 
 def test_calibrate_runs_the_checks_per_seed_and_prints_a_yaml_block_to_paste(tmp_path):

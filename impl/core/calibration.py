@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -63,17 +64,37 @@ def suggest(target: Target, values: list[float], trivial: dict[str, float] | Non
     threshold = z + _round2(raw - z)  # two significant digits of the distance from the no-skill point
     if threshold <= worst if target.direction == "lower" else threshold >= worst:
         threshold = raw  # rounding must not cut into the worst seed
-    for name, ref in (trivial or {}).items():
+    # a trivial reference is an absolute value (the unigram model's ppl, chance accuracy); a target measured against
+    # a baseline is a margin or ratio whose no-skill point already stands for it
+    for name, ref in ({} if target.baselines else trivial or {}).items():
         if not (threshold < ref if target.direction == "lower" else threshold > ref):
             return None, f"{rule}; it does not beat the trivial {name} ({ref:.4g}): no threshold"
         rule += f"; beats the trivial {name} ({ref:.4g}) by a factor of {max(ref, threshold) / min(ref, threshold):.3g}"
     return threshold, rule
 
 
+def upstream(section, found: set[str] | None = None) -> set[str]:
+    """The milestones whose runs a milestone's section receives ("w07:lora", "w01" as a value)."""
+    found = set() if found is None else found
+    if isinstance(section, dict):
+        for v in section.values():
+            upstream(v, found)
+    elif isinstance(section, list):
+        for v in section:
+            upstream(v, found)
+    elif isinstance(section, str) and re.fullmatch(r"w\d\d(:\w+)?", section):
+        found.add(section[:3])
+    return found
+
+
 def seeded_profile(raw: dict, milestone: str, seed: int) -> dict:
-    """A copy of a profile's YAML with every `seed` of the milestone set to `seed` and no target's `seeds`."""
-    return {**raw, "milestones": {**raw["milestones"],
-                                  milestone: reseeded(raw["milestones"][milestone], seed, drop=("seeds",))}}
+    """A copy of a profile's YAML with every `seed` of the milestone -- and of each milestone whose run it
+    receives (w09 measures w07's model: a seed of w09 is a seed of that training) -- set to `seed`, and no
+    target's `seeds`."""
+    milestones = dict(raw["milestones"])
+    for name in {milestone} | (upstream(milestones[milestone]) & set(milestones)):
+        milestones[name] = reseeded(milestones[name], seed, drop=("seeds",) if name == milestone else ())
+    return {**raw, "milestones": milestones}
 
 
 def run_seed(profile_path: Path, milestone: str, seed: int, work: Path, reuse: bool) -> list[dict]:

@@ -146,10 +146,14 @@ def override(spec: BaseModel, **sections: dict) -> BaseModel:
     return type(spec).model_validate(d)
 
 
+SEED_FIELDS = ("seed", "sample_seed")  # sample_seed: which items an evaluation samples (w15)
+
+
 def reseeded(node, seed: int, drop: tuple[str, ...] = ()):
-    """A copy of a spec's plain data with every integer `seed` field set to `seed` and the keys in `drop` left out."""
+    """A copy of a spec's plain data with every integer seed field (SEED_FIELDS) set to `seed` and the keys in
+    `drop` left out."""
     if isinstance(node, dict):
-        return {k: (seed if k == "seed" and isinstance(v, int) else reseeded(v, seed, drop))
+        return {k: (seed if k in SEED_FIELDS and isinstance(v, int) else reseeded(v, seed, drop))
                 for k, v in node.items() if k not in drop}
     if isinstance(node, list):
         return [reseeded(v, seed, drop) for v in node]
