@@ -229,6 +229,14 @@ def pytest_runtest_makereport(item, call):
             not isinstance(callspec.params.get("profile"), Profile):
         return  # not a check, or a check no selected profile defines (pytest skips its empty parameter set)
     item._durations = getattr(item, "_durations", 0.0) + report.duration
+    rec = getattr(item, "_scorecard", None)
+    if report.when == "call" and report.passed and (rec is None or rec.value is None):
+        # a check that ended without a value measured nothing (it never called scorecard.check, or left the
+        # loop over scorecard.each_seed before its last seed): an error, in pytest and in the scorecard
+        done = f" (seeds done: {sorted(rec.per_seed)} of {rec.target.seeds})" if rec is not None and rec.target.seeds else ""
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid}: the check ended without recording a value{done}; every check measures "
+                           f"through scorecard.check")
     # one row per check: at the end of the call, or at setup when it never got there (skip, error)
     if (report.when == "call") or (report.when == "setup" and not report.passed):
         message = None

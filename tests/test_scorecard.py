@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 from impl.core import scorecard
 from impl.core.registry import MILESTONES
 
@@ -99,16 +101,34 @@ def test_a_missed_target_is_a_fail_row_with_the_value(tmp_path):
 
 
 def test_an_interrupted_session_still_writes_the_scorecard(tmp_path):
-    p = _pytest(tmp_path, "--profile", str(TINY))
-    deadline = time.time() + 600
-    while not list((tmp_path / "reports" / ".rows").glob("*/main.jsonl")):
+    """Ctrl-C during the second check: pytest stops as interrupted and the first check's row is in the scorecard.
+    The second check waits until it is interrupted, so the signal cannot arrive after it (a real w01 check of the
+    tiny profile ends in under a second, which a loaded machine let the signal miss)."""
+    (tmp_path / "test_two.py").write_text(
+        "import time\n\nimport pytest\n\n\n"
+        "@pytest.mark.check('w01', target='val_ppl')\n"
+        "def test_first(spec, scorecard):\n"
+        "    scorecard.check(100.0, data='d')\n\n\n"
+        "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
+        "def test_second_runs_until_interrupted(spec, scorecard):\n"
+        "    time.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "pytest", str(tmp_path / "test_two.py"), "-p", "conftest",
+                          "--rootdir", str(tmp_path), "--profile", str(TINY), "--reports-dir", str(tmp_path / "reports"),
+                          "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    def first_row_written():
+        return any(f.read_text().endswith("\n") for f in (tmp_path / "reports" / ".rows").glob("*/main.jsonl"))
+
+    deadline = time.time() + 300
+    while not first_row_written():
         assert p.poll() is None and time.time() < deadline, p.stdout.read() if p.poll() is not None else "no row"
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)  # Ctrl-C during the second check
+    p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 2, out  # pytest's "interrupted"
-    statuses = [r["status"] for r in _rows(tmp_path) if r["profile"] == "tiny"]
-    assert statuses == ["pass"]
+    rows = [r for r in _rows(tmp_path) if r["profile"] == "tiny"]
+    assert [(r["check"], r["status"], r["value"]) for r in rows] == [("test_first", "pass", 100.0)]
 
 
 def test_a_requirement_of_the_check_missed_after_measuring_is_a_fail_row_not_an_error(tmp_path):
@@ -134,6 +154,35 @@ def test_a_requirement_of_the_check_missed_after_measuring_is_a_fail_row_not_an_
     missed = rows["test_measures_then_misses_a_requirement"]
     assert missed["status"] == "fail" and missed["value"] == 100.0 and "only 3 stories" in missed["message"]
     assert rows["test_breaks_after_measuring"]["status"] == "error"
+
+
+def test_a_check_that_records_no_value_is_an_error_row_not_a_pass(tmp_path):
+    """A check that never calls `scorecard.check`, or leaves the loop over `scorecard.each_seed` before its last
+    seed, measured nothing: it fails in pytest and is an ERROR row saying so, never a PASS with no value."""
+    raw = yaml.safe_load(TINY.read_text())
+    raw["milestones"]["w01"]["targets"]["val_ppl"]["seeds"] = [0, 1]
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text(yaml.safe_dump(raw))
+    (tmp_path / "test_nothing.py").write_text(
+        "import pytest\n\n\n"
+        "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
+        "def test_measures_nothing(spec, scorecard):\n"
+        "    pass\n\n\n"
+        "@pytest.mark.check('w01', target='val_ppl')\n"
+        "def test_leaves_the_seed_loop_early(spec, scorecard):\n"
+        "    for seeded in scorecard.each_seed(spec):\n"
+        "        scorecard.check(100.0, data='d')\n"
+        "        break\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_nothing.py"), "-p", "conftest",
+                        "--rootdir", str(tmp_path), "--profile", str(profile), "--reports-dir", str(tmp_path / "reports"),
+                        "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 1 and "2 failed" in p.stdout, p.stdout + p.stderr
+    rows = {r["check"]: r for r in _rows(tmp_path) if r["profile"] == "tiny"}
+    nothing, early = rows["test_measures_nothing"], rows["test_leaves_the_seed_loop_early"]
+    assert nothing["status"] == "error" and nothing["value"] is None and "without recording a value" in nothing["message"]
+    assert early["status"] == "error" and early["value"] is None and "seeds done: [0] of [0, 1]" in early["message"]
 
 
 def test_a_later_skip_never_replaces_a_measured_row_it_is_shown_as_the_last_attempt(tmp_path):
@@ -169,6 +218,11 @@ def test_report_merge_folds_another_machines_reports_in_by_time_with_provenance(
     assert rows["cpu"]["value"] == 230.0 and rows["cpu"]["host"] == "laptop"
     assert rows["gpu1"]["status"] == "pass" and rows["gpu1"]["host"] == "gpu-box"
     assert "gpu-box, 1x H200" in (local / "scorecard.md").read_text()
+    history = (local / "history.jsonl").read_text().splitlines()
+    assert len(history) == 4  # the two local rows, the two nightly ones
+    again = subprocess.run([sys.executable, "-m", "impl", "report", "--merge", str(nightly)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and (local / "history.jsonl").read_text().splitlines() == history  # kept once
     bad = subprocess.run([sys.executable, "-m", "impl", "report", "--merge", str(tmp_path / "nowhere")], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "does not exist" in bad.stderr

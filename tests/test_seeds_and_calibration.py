@@ -99,6 +99,13 @@ def test_no_threshold_is_suggested_when_the_worst_seed_does_not_beat_the_trivial
     assert threshold is None and "does not beat the trivial unigram" in rule
     threshold, rule = suggest(Target(direction="lower", threshold=0, protocol="p"), [900.0, math.nan])
     assert threshold is None and "NaN" in rule
+    # the worst seed on the far side of the no-skill point (a higher-is-better ratio below 1): headroom "away" from 1
+    # would suggest 0.9545, which the worst seed fails; no suggestion may fail a calibration seed
+    ratio = Target(direction="higher", threshold=0, protocol="p", baselines=["b"], compare="ratio")
+    threshold, rule = suggest(ratio, [0.95, 1.2, 1.1])
+    assert threshold is None and "every seed passes" in rule
+    threshold, rule = suggest(Target(direction="higher", threshold=0, protocol="p"), [-0.2, 0.1])
+    assert threshold is None and "every seed passes" in rule
     # a margin over a baseline is not compared with the absolute trivial value recorded beside it (w15: accuracy
     # minus chance against chance itself, 0.25): its no-skill point, 0, already stands for that baseline
     margin = Target(direction="higher", threshold=0, protocol="p", baselines=["chance"], compare="difference")

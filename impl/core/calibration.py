@@ -64,6 +64,11 @@ def suggest(target: Target, values: list[float], trivial: dict[str, float] | Non
     threshold = z + _round2(raw - z)  # two significant digits of the distance from the no-skill point
     if threshold <= worst if target.direction == "lower" else threshold >= worst:
         threshold = raw  # rounding must not cut into the worst seed
+    if threshold <= worst if target.direction == "lower" else threshold >= worst:
+        # the worst seed lies on the far side of the no-skill point (a ratio below 1 that must be higher): moving
+        # "away" from that point moves toward the seed, and any threshold the rule gives fails a calibration seed
+        return None, (f"{rule}; the worst seed {worst:.4g} does not reach the no-skill point {z:g}, so the rule "
+                      f"gives no threshold every seed passes: no threshold")
     # a trivial reference is an absolute value (the unigram model's ppl, chance accuracy); a target measured against
     # a baseline is a margin or ratio whose no-skill point already stands for it
     for name, ref in ({} if target.baselines else trivial or {}).items():

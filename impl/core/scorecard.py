@@ -74,10 +74,33 @@ def write(new_rows: list[dict], out: Path | None = None) -> Path:
     card = {"generated": datetime.now(timezone.utc).isoformat(timespec="seconds"), "rows": merge_rows(old, new_rows)}
     _atomic_write(out / "scorecard.json", json.dumps(card, indent=1, default=str))
     render(card, out)
+    seen = _history_keys(out / "history.jsonl")
     with open(out / "history.jsonl", "a") as f:
         for row in new_rows:
+            if _history_key(row) in seen:
+                continue  # the same measurement again (a report merged twice): the history keeps it once
+            seen.add(_history_key(row))
             f.write(json.dumps({k: v for k, v in row.items() if k != "curve"}, default=str) + "\n")
     return out / "scorecard.json"
+
+
+def _history_key(row: dict) -> str:
+    """One measurement: which check, where, when, and what it found."""
+    return json.dumps([row.get(k) for k in ("milestone", "check", "profile", "status", "value", "time", "host",
+                                             "commit")], default=str)
+
+
+def _history_keys(path: Path) -> set[str]:
+    if not path.exists():
+        return set()
+    keys = set()
+    with open(path) as f:
+        for line in f:
+            try:
+                keys.add(_history_key(json.loads(line)))
+            except ValueError:
+                continue  # a line cut short by a crash is not a measurement
+    return keys
 
 
 def merge(paths: list[Path], out: Path | None = None) -> tuple[Path, int]:
