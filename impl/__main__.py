@@ -48,13 +48,17 @@ def cmd_fetch(args) -> int:
 
     names = args.names or list(sources())
     if args.check:
-        rows = check_served(names)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from impl.core.lock import check_lock_served
+
+        with ThreadPoolExecutor(max_workers=1) as pool:  # the lock's one long pip query beside the fixtures' ones
+            lock_future = pool.submit(check_lock_served) if args.lock else None
+            rows = check_served(names)
+            lock_rows = lock_future.result() if lock_future else []
         print(table(rows, ["fixture", "source", "status", "needed_by", "detail"]))
         gone = [r for r in rows if r["status"] != "served"]
         if args.lock:
-            from impl.core.lock import check_lock_served
-
-            lock_rows = check_lock_served()
             gone += lock_rows
             print(f"\nlocked packages: {len(lock_rows)} of them not served" + "".join(
                 f"\n  {r['source']}: {r['detail']}" for r in lock_rows))

@@ -501,17 +501,22 @@ def check_served(names: list[str]) -> list[dict]:
     """Ask each registry, through its own client and without downloading archives, whether every source of each
     named fixture is still served (pip: the index lists the version with an archive of the pinned kind; apt: the
     package lists hold the version with the pinned sha256; npm: the registry has the version). One row a source."""
+    from concurrent.futures import ThreadPoolExecutor
+
     manifest = sources()
-    rows = []
-    for name in names:
-        for src in manifest[name]["sources"]:
-            try:
-                served, detail = _served(src)
-            except FixtureError as e:
-                served, detail = False, str(e)
-            rows.append({"fixture": name, "source": describe(src), "status": "served" if served else "NOT SERVED",
-                         "detail": detail, "needed_by": manifest[name].get("needed_by", [])})
-    return rows
+    asked = [(name, src) for name in names for src in manifest[name]["sources"]]
+
+    def ask(src: dict) -> tuple[bool, str]:
+        try:
+            return _served(src)
+        except FixtureError as e:
+            return False, str(e)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:  # each question waits on a registry, not on the cores
+        answers = list(pool.map(ask, [src for _, src in asked]))
+    return [{"fixture": name, "source": describe(src), "status": "served" if served else "NOT SERVED",
+             "detail": detail, "needed_by": manifest[name].get("needed_by", [])}
+            for (name, src), (served, detail) in zip(asked, answers)]
 
 
 def _served(src: dict) -> tuple[bool, str]:

@@ -99,10 +99,19 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_lock_served(path: Path = LOCK_FILE) -> list[dict]:
+def check_lock_served(path: Path = LOCK_FILE, parts: int = 4) -> list[dict]:
     """Ask the registry (pip's resolver, metadata only, no cache) whether every locked version is still served; a
-    row per version that is not (pip stops at the first it cannot find, so fix and ask again for the next)."""
-    pins = read(path)
+    row per version that is not. The pins are asked in `parts` pip queries at once (each waits mostly on the
+    index; pip stops at the first version it cannot find, so a query names at most one: fix and ask again)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pins = sorted(read(path).items())
+    groups = [dict(pins[i::parts]) for i in range(parts) if pins[i::parts]]
+    with ThreadPoolExecutor(max_workers=len(groups)) as pool:
+        return [row for rows in pool.map(_ask_pip, groups) for row in rows]
+
+
+def _ask_pip(pins: dict[str, str]) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         reqs = Path(tmp) / "pins.txt"
         # deepspeed's sdist imports torch to describe itself: it is asked for without build isolation
