@@ -100,23 +100,29 @@ def test_a_missed_target_is_a_fail_row_with_the_value(tmp_path):
     assert r["status"] == "fail" and r["value"] > 2 and "target < 2" in r["message"]
 
 
+def _run_checks(tmp_path, body: str, profile: Path = TINY, wait: bool = True):
+    """Checks written here (`body`: decorated test functions) run under the suite's own plugin and `profile`."""
+    (tmp_path / "test_checks.py").write_text("import time\n\nimport pytest\n\n\n" + body)
+    cmd = [sys.executable, "-m", "pytest", str(tmp_path / "test_checks.py"), "-p", "conftest", "--rootdir",
+           str(tmp_path), "--profile", str(profile), "--reports-dir", str(tmp_path / "reports"), "-q", "-p",
+           "no:cacheprovider"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if wait:
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def test_an_interrupted_session_still_writes_the_scorecard(tmp_path):
     """Ctrl-C during the second check: pytest stops as interrupted and the first check's row is in the scorecard.
     The second check waits until it is interrupted, so the signal cannot arrive after it (a real w01 check of the
     tiny profile ends in under a second, which a loaded machine let the signal miss)."""
-    (tmp_path / "test_two.py").write_text(
-        "import time\n\nimport pytest\n\n\n"
-        "@pytest.mark.check('w01', target='val_ppl')\n"
-        "def test_first(spec, scorecard):\n"
-        "    scorecard.check(100.0, data='d')\n\n\n"
-        "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
-        "def test_second_runs_until_interrupted(spec, scorecard):\n"
-        "    time.sleep(600)\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.Popen([sys.executable, "-m", "pytest", str(tmp_path / "test_two.py"), "-p", "conftest",
-                          "--rootdir", str(tmp_path), "--profile", str(TINY), "--reports-dir", str(tmp_path / "reports"),
-                          "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+    p = _run_checks(tmp_path, "@pytest.mark.check('w01', target='val_ppl')\n"
+                              "def test_first(spec, scorecard):\n"
+                              "    scorecard.check(100.0, data='d')\n\n\n"
+                              "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
+                              "def test_second_runs_until_interrupted(spec, scorecard):\n"
+                              "    time.sleep(600)\n", wait=False)
+
     def first_row_written():
         return any(f.read_text().endswith("\n") for f in (tmp_path / "reports" / ".rows").glob("*/main.jsonl"))
 
@@ -134,21 +140,14 @@ def test_an_interrupted_session_still_writes_the_scorecard(tmp_path):
 def test_a_requirement_of_the_check_missed_after_measuring_is_a_fail_row_not_an_error(tmp_path):
     """w03's five stories, ZeRO-2's partitions adding up: asserted after `scorecard.check`, they are part of the
     check, so missing one is FAIL with its message, even though the recorded value passes its target."""
-    (tmp_path / "test_requirement.py").write_text(
-        "import pytest\n\n\n"
-        "@pytest.mark.check('w01', target='val_ppl')\n"
-        "def test_measures_then_misses_a_requirement(spec, scorecard):\n"
-        "    scorecard.check(100.0, data='d')\n"
-        "    assert 3 >= 5, 'only 3 stories'\n\n\n"
-        "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
-        "def test_breaks_after_measuring(spec, scorecard):\n"
-        "    scorecard.check(1e-6, data='d')\n"
-        "    raise RuntimeError('the report could not be written')\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_requirement.py"), "-p", "conftest",
-                        "--rootdir", str(tmp_path), "--profile", str(TINY), "--reports-dir", str(tmp_path / "reports"),
-                        "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    p = _run_checks(tmp_path, "@pytest.mark.check('w01', target='val_ppl')\n"
+                              "def test_measures_then_misses_a_requirement(spec, scorecard):\n"
+                              "    scorecard.check(100.0, data='d')\n"
+                              "    assert 3 >= 5, 'only 3 stories'\n\n\n"
+                              "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
+                              "def test_breaks_after_measuring(spec, scorecard):\n"
+                              "    scorecard.check(1e-6, data='d')\n"
+                              "    raise RuntimeError('the report could not be written')\n")
     assert p.returncode == 1, p.stdout + p.stderr
     rows = {r["check"]: r for r in _rows(tmp_path) if r["profile"] == "tiny"}
     missed = rows["test_measures_then_misses_a_requirement"]
@@ -163,21 +162,14 @@ def test_a_check_that_records_no_value_is_an_error_row_not_a_pass(tmp_path):
     raw["milestones"]["w01"]["targets"]["val_ppl"]["seeds"] = [0, 1]
     profile = tmp_path / "tiny.yaml"
     profile.write_text(yaml.safe_dump(raw))
-    (tmp_path / "test_nothing.py").write_text(
-        "import pytest\n\n\n"
-        "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
-        "def test_measures_nothing(spec, scorecard):\n"
-        "    pass\n\n\n"
-        "@pytest.mark.check('w01', target='val_ppl')\n"
-        "def test_leaves_the_seed_loop_early(spec, scorecard):\n"
-        "    for seeded in scorecard.each_seed(spec):\n"
-        "        scorecard.check(100.0, data='d')\n"
-        "        break\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_nothing.py"), "-p", "conftest",
-                        "--rootdir", str(tmp_path), "--profile", str(profile), "--reports-dir", str(tmp_path / "reports"),
-                        "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=300)
+    p = _run_checks(tmp_path, "@pytest.mark.check('w01', target='ddp_max_param_diff')\n"
+                              "def test_measures_nothing(spec, scorecard):\n"
+                              "    pass\n\n\n"
+                              "@pytest.mark.check('w01', target='val_ppl')\n"
+                              "def test_leaves_the_seed_loop_early(spec, scorecard):\n"
+                              "    for seeded in scorecard.each_seed(spec):\n"
+                              "        scorecard.check(100.0, data='d')\n"
+                              "        break\n", profile=profile)
     assert p.returncode == 1 and "2 failed" in p.stdout, p.stdout + p.stderr
     rows = {r["check"]: r for r in _rows(tmp_path) if r["profile"] == "tiny"}
     nothing, early = rows["test_measures_nothing"], rows["test_leaves_the_seed_loop_early"]
