@@ -233,7 +233,8 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call" and report.passed and (rec is None or rec.value is None):
         # a check that ended without a value measured nothing (it never called scorecard.check, or left the
         # loop over scorecard.each_seed before its last seed): an error, in pytest and in the scorecard
-        done = f" (seeds done: {sorted(rec.per_seed)} of {rec.target.seeds})" if rec is not None and rec.target.seeds else ""
+        seeded = rec is not None and rec.target.seeds
+        done = f" (seeds done: {sorted(rec.per_seed)} of {rec.target.seeds})" if seeded else ""
         report.outcome = "failed"
         report.longrepr = (f"{item.nodeid}: the check ended without recording a value{done}; every check measures "
                            f"through scorecard.check")

@@ -61,10 +61,13 @@ def suggest(target: Target, values: list[float], trivial: dict[str, float] | Non
         away = (lambda v: z + (v - z) * h) if target.direction == "lower" else (lambda v: z + (v - z) / h)
         raw = away(worst)
         rule = f"the worst seed {worst:.4g} with headroom {h:g} beyond it: {raw:.4g}"
+    def worst_passes(t: float) -> bool:
+        return target.model_copy(update={"threshold": t}).passes(worst)
+
     threshold = z + _round2(raw - z)  # two significant digits of the distance from the no-skill point
-    if threshold <= worst if target.direction == "lower" else threshold >= worst:
+    if not worst_passes(threshold):
         threshold = raw  # rounding must not cut into the worst seed
-    if threshold <= worst if target.direction == "lower" else threshold >= worst:
+    if not worst_passes(threshold):
         # the worst seed lies on the far side of the no-skill point (a ratio below 1 that must be higher): moving
         # "away" from that point moves toward the seed, and any threshold the rule gives fails a calibration seed
         return None, (f"{rule}; the worst seed {worst:.4g} does not reach the no-skill point {z:g}, so the rule "

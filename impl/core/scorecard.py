@@ -77,9 +77,10 @@ def write(new_rows: list[dict], out: Path | None = None) -> Path:
     seen = _history_keys(out / "history.jsonl")
     with open(out / "history.jsonl", "a") as f:
         for row in new_rows:
-            if _history_key(row) in seen:
+            key = _history_key(row)
+            if key in seen:
                 continue  # the same measurement again (a report merged twice): the history keeps it once
-            seen.add(_history_key(row))
+            seen.add(key)
             f.write(json.dumps({k: v for k, v in row.items() if k != "curve"}, default=str) + "\n")
     return out / "scorecard.json"
 
