@@ -48,6 +48,7 @@ def pytest_configure(config):
     for p in profiles:  # a user's profile becomes a marker too, so -m NAME selects it under --strict-markers
         config.addinivalue_line("markers", f"{p.name}: hardware profile {p.path}")
     config._milestone_profiles = profiles
+    _register_grouping(config)
     config._reports = Path(config.getoption("reports_dir") or card.reports_dir())
     worker = getattr(config, "workerinput", None)
     config._session_id = worker["milestones_session"] if worker else uuid.uuid4().hex[:12]
@@ -70,39 +71,50 @@ def pytest_configure_node(node):  # xdist controller -> each worker: one session
 # so w01 goes first on the other worker and is done before w15 asks for it (else w15 trains a copy of its own).
 XDIST_ORDER = ["acceptance:w07", "acceptance:w01", "acceptance:w03", "acceptance:w17", "acceptance:w21",
                "acceptance:w11", "acceptance:w05", "acceptance:w19", "acceptance:w13", "acceptance:w23"]  # w23 last: the portfolio reads the scorecard the others write
+SHARES_W07_MODEL = ("w09", "w15")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into group names
+def xdist_group(nodeid: str) -> str:
+    """What must run on one worker, from the node id alone (the xdist controller sees only node ids): an acceptance
+    milestone's checks (one run read by several checks; w09's and w15's read w07's model), or a test module's
+    tests (module-scoped fixtures: a server, a model)."""
+    path = nodeid.split("::")[0]
+    name = Path(path).name
+    if Path(path).parent.name == "acceptance" and name.startswith("test_w"):
+        milestone = name[len("test_"):len("test_w01")]
+        return "acceptance:" + ("w07" if milestone in SHARES_W07_MODEL else milestone)
+    return path
+
+
+class MilestoneScheduling:
+    """pytest-xdist's scheduler for this suite, through xdist's own `pytest_xdist_make_scheduler` hook: whole
+    groups (`xdist_group`) go to one worker whatever `--dist` says, since a milestone's checks split over two
+    workers race for one run directory. Work units are handed out in collection order, which the suite sorts by
+    XDIST_ORDER. `-p no:llm_milestones_grouping` turns it off (xdist's own modes then apply)."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_xdist_make_scheduler(self, config, log):
+        from xdist.scheduler import LoadScopeScheduling
+
+        if config.getvalue("dist") == "each":  # every test on every worker: there is nothing to group
+            return None
+
+        class Scheduling(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:  # the one method LoadScopeScheduling asks subclasses for
+                return xdist_group(nodeid)
+
+        return Scheduling(config, log)
+
+
+def _register_grouping(config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):  # register() refuses the name quietly when -p no: blocked it
+        config.pluginmanager.register(MilestoneScheduling(), "llm_milestones_grouping")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`--dist loadgroup`), keep together what shares state: an acceptance milestone's checks
-    (one run read by several checks), and a test module's tests (module-scoped fixtures: a server, a model)."""
-    for item in items:
-        mark = item.get_closest_marker("check")
-        if mark is not None:
-            group = "acceptance:" + ("w07" if mark.args[0] in ("w09", "w15") else mark.args[0])
-        else:
-            group = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-        item._xdist_group = group
-        if getattr(config.option, "loadgroup", False):  # an xdist worker under --dist loadgroup
-            _suffix_group(item, group)
+    """Longest groups first (see XDIST_ORDER); collection order within a group (a stable sort)."""
     rank = {g: i for i, g in enumerate(XDIST_ORDER)}
-    items.sort(key=lambda i: rank.get(i._xdist_group, len(rank)))  # stable: collection order within a group
-
-
-def _suffix_group(item, group: str) -> None:
-    """The scheduler groups work by a `@group` suffix on each node id, which xdist (3.8) writes into
-    `item._nodeid`. pytest 9.2 builds `nodeid` from `item._id` instead, so that write is lost, every test became
-    its own work unit, and a milestone's checks ran on both workers at once (two w15 evaluations racing for one
-    run directory). Write the suffix where this pytest reads it."""
-    tagged = f"{item.nodeid}@{group}"
-    if isinstance(getattr(item, "_id", None), str) or not hasattr(item, "_id"):
-        item._nodeid = tagged
-    else:
-        from _pytest.nodeid import NodeId
-
-        item._id = NodeId.parse(tagged)
-    assert item.nodeid == tagged, f"cannot tag {item.nodeid!r} with its xdist group"
+    items.sort(key=lambda i: rank.get(xdist_group(i.nodeid), len(rank)))
 
 
 def pytest_generate_tests(metafunc):
@@ -240,14 +252,18 @@ def pytest_runtest_makereport(item, call):
                            f"through scorecard.check")
     # one row per check: at the end of the call, or at setup when it never got there (skip, error)
     if (report.when == "call") or (report.when == "setup" and not report.passed):
-        message = None
+        message, outcome = None, report.outcome
         if report.failed:
             message = str(call.excinfo.value)[:2000] if call.excinfo else report.longreprtext[-2000:]
+        elif hasattr(report, "wasxfail"):
+            # a check that measured a shortfall only a person can make good (w23's mock interviews before anyone
+            # recorded one): pytest reports it as an expected failure, the scorecard as the FAIL it is
+            message, outcome = report.wasxfail.removeprefix("reason: "), "failed"
         elif report.skipped:
             message = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         requirement_failed = report.when == "call" and call.excinfo is not None and \
-            call.excinfo.errisinstance(AssertionError)  # an assert of the check itself, after it measured
-        row = _row(item, report.outcome, message, item._durations, requirement_failed)
+            call.excinfo.errisinstance((AssertionError, pytest.xfail.Exception))  # the check's own, after measuring
+        row = _row(item, outcome, message, item._durations, requirement_failed)
         rows = item.config._reports / ROWS_DIR / item.config._session_id
         rows.mkdir(parents=True, exist_ok=True)
         with open(rows / f"{item.config._worker}.jsonl", "a") as f:
@@ -273,7 +289,8 @@ def pytest_terminal_summary(terminalreporter, config):
     counts_file = os.environ.get("LLM_MILESTONES_TEST_COUNTS")  # `python -m impl test` adds up its phases
     if counts_file and not getattr(config, "workerinput", None):
         stats = terminalreporter.stats
-        Path(counts_file).write_text(json.dumps({k: len(stats.get(k, [])) for k in ("passed", "failed", "skipped", "error")}))
+        counts = {k: len(stats.get(k, [])) for k in ("passed", "failed", "skipped", "error", "xfailed")}
+        Path(counts_file).write_text(json.dumps(counts))
     path = getattr(config, "_scorecard_path", None)
     if path:
         rows = json.loads(Path(path).read_text())["rows"]
@@ -282,5 +299,5 @@ def pytest_terminal_summary(terminalreporter, config):
             if r["status"] != "not-implemented":
                 terminalreporter.write_line(
                     f"{r['status'].upper():6} {r['milestone']} {r['check']} [{r['profile']}] "
-                    f"{r['metric']}={card._fmt(r['value'])} target {card._target(r)}")
+                    f"{r['metric']}={card.format_value(r['value'])} target {card.target_text(r)}")
         terminalreporter.write_line(f"written: {path.parent}/scorecard.{{json,md,html}}")

@@ -9,7 +9,9 @@ its history and the learner's portfolio/interviews.yaml: an index with every mil
 number against the seed's target, one page per milestone (what was built, where the code is, protocol, plots,
 samples, profile and hardware), the history, a write-up generated from the measured numbers, résumé bullets from
 passing rows only (each linked to its evidence) and the interviews. Every page is opened in headless Chromium;
-every number a page shows is compared with the record it cites.
+every number a page prints from a record is compared, at the precision printed, with the scorecard the site was
+built from, and each page must show as many of them as the build printed. Under `python -m impl test` these
+checks run in a phase of their own, after every other check has written its rows.
 """
 import json
 import os
@@ -58,7 +60,7 @@ def _site(spec, config, tmp_path_factory):
     key = spec.model_dump_json()
     if key not in _sites:
         source = _records(spec, config, tmp_path_factory.mktemp("w23-records"))
-        out = spec.path(spec.site_dir) if spec.site_dir else Path(config._reports) / "site"
+        out = spec.site_path(config._reports)
         _sites[key] = adapters.w23_build(spec, source, out)
     return _sites[key]
 
@@ -91,20 +93,33 @@ def test_every_page_opens_in_chromium_with_no_console_error_broken_link_or_image
 @pytest.mark.check("w23", target="numbers_mismatched")
 def test_every_number_on_the_site_matches_the_record_it_cites(spec, scorecard, request, tmp_path_factory):
     site = _site(spec, request.config, tmp_path_factory)
-    checked, mismatched = adapters.w23_numbers(site)
-    scorecard.check(len(mismatched), data=f"{site.path}: {checked} numbers marked up on {len(site.pages)} pages",
-                    numbers_checked=checked, mismatches=mismatched[:20])
+    checked, mismatched = adapters.w23_numbers(site, site.source)  # the scorecard it was built from, not its copy
+    scorecard.check(len(mismatched), data=f"{site.path}: {checked} numbers from records on {len(site.pages)} pages, "
+                                          f"against {site.source}",
+                    numbers_checked=checked, numbers_printed=site.numbers, mismatches=mismatched[:20])
     assert checked > 0, "the site marks up no number: nothing was compared"
 
 
 @pytest.mark.check("w23", target="mock_interviews")
 def test_at_least_three_mock_interviews_are_recorded_with_feedback(spec, scorecard):
+    """A shortfall is measured, so it is a FAIL row with the count (a skip would let an earlier PASS stand); an
+    entry repeated word for word counts once. Before any record file exists, pytest calls the FAIL expected."""
+    from impl.w23_portfolio.evidence import distinct_interviews
+
     path = spec.path(spec.interviews)
     evidence = adapters.w23_evidence(spec)  # a broken file: one error naming the entry and the key
-    n = len(evidence.interviews)
-    if n < spec.required_interviews:
-        pytest.skip(f"{n} of {spec.required_interviews} mock interviews recorded in {path} "
-                    f"(copy portfolio/interviews.example.yaml there and fill it in)")
-    scorecard.check(n, data=str(path), interviewers=sorted({i.interviewer for i in evidence.interviews}),
-                    dates=[str(i.date) for i in sorted(evidence.interviews, key=lambda i: i.date)],
-                    human_evaluations=len(evidence.human_evaluations))
+    interviews = distinct_interviews(evidence)
+    try:
+        scorecard.check(len(interviews), data=str(path), interviewers=sorted({i.interviewer for i in interviews}),
+                        dates=[str(i.date) for i in sorted(interviews, key=lambda i: i.date)],
+                        repeated_entries=len(evidence.interviews) - len(interviews),
+                        human_evaluations=len(evidence.human_evaluations))
+    except AssertionError as e:
+        shortfall = (f"{len(interviews)} of {spec.required_interviews} mock interviews recorded in {path} (copy "
+                     f"portfolio/interviews.example.yaml there and fill it in): {str(e).splitlines()[0]}")
+        if not path.exists():
+            # nobody has started the record (the suite's own repository, a fresh fork): only a person can conduct
+            # interviews, so pytest calls it an expected failure; the row is FAIL all the same. Once the file
+            # exists, a shortfall fails the run.
+            pytest.xfail(f"{shortfall} — a person records them")
+        raise AssertionError(shortfall) from None  # the target's line, not pytest's introspection

@@ -200,9 +200,11 @@ def w21_two_host(spec, runs: Runs, sabotage: str | None = None) -> dict:
 
 
 def w21_fault_and_resume(spec, runs: Runs, uninterrupted: dict | None = None, sabotage: str | None = None) -> dict:
-    """Host 1 killed after `fault.kill_after_step`: detect_seconds (host 0's launcher exiting with the error),
-    then both hosts resumed from the last checkpoint: final_loss_diff against the uninterrupted run. Sabotage
-    "fresh_weights": the relaunch starts at the checkpoint's step without loading it."""
+    """Host 1 killed mid-step at the seeded point (multihost.kill_point): detect_seconds (host 0's launcher exiting
+    with the error; inf when it is still running fault.detect_timeout_s later), then both hosts resumed from the
+    last complete checkpoint: resumed_from_step against expected_resume_step (found on disk after the kill), and
+    final_loss_diff against the uninterrupted run. Sabotage "fresh_weights": the relaunch starts at the
+    checkpoint's step without loading it; "freeze": host 1 is stopped, not killed, and host 0 never notices."""
     from impl.w21_infra import multihost
 
     return multihost.fault_and_resume(spec, runs, uninterrupted, sabotage=sabotage)
@@ -231,16 +233,16 @@ def w21_container_parity(spec, runs: Runs, w01_override: dict | None = None) -> 
     metrics: container_loss_diff (max |loss| difference over the logged steps and the validation loss),
     host/container (curves, val_loss, tokens/s), build (seconds, size), image_contents.
     `w01_override` changes the container side only (e.g. {"train": {"seed": 1}})."""
-    from impl.w21_infra import image
+    from impl.w21_infra import container
 
-    return image.container_parity(spec, runs, w01_override)
+    return container.container_parity(spec, runs, w01_override)
 
 
 def w21_build_image(spec=None, **kw) -> dict:
     """Build deploy/docker/Dockerfile.<flavor> (the CLI's `deploy build`); keeps the tag; returns its info."""
-    from impl.w21_infra import docker
+    from impl.w21_infra import images
 
-    return docker.build_image(spec, **kw)
+    return images.build_image(spec, **kw)
 
 
 # --- w17: RLHF (SFT, reward model, PPO) ------------------------------------------------------------------------
@@ -342,15 +344,16 @@ def w23_problems(browsed: dict) -> int:
 
 
 def w23_numbers(site, scorecard_path=None) -> tuple:
-    """(numbers checked, mismatches) of a built site against the records it cites (the scorecard.json it was
-    built from, unless another is given)."""
+    """(numbers checked, mismatches) of a built site against the records it cites: the scorecard.json it was
+    built from (`site.source`), unless another is given; the site's own copy only for a site whose source is
+    unknown (loaded from disk)."""
     import json
     from pathlib import Path
 
     from impl.w23_portfolio import check
     from impl.w23_portfolio import site as site_mod
 
-    source = Path(scorecard_path) if scorecard_path else Path(site.path) / site_mod.SOURCE_DIR / "scorecard.json"
+    source = Path(scorecard_path or site.source or Path(site.path) / site_mod.SOURCE_DIR / "scorecard.json")
     card = json.loads(source.read_text())
     history = site_mod.load_history(source.with_name("history.jsonl"))
     return check.numbers_mismatched(site.path, card, history)

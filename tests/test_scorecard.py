@@ -193,6 +193,22 @@ def test_a_later_skip_never_replaces_a_measured_row_it_is_shown_as_the_last_atte
     assert [json.loads(h)["status"] for h in history] == ["pass", "skip"]  # history keeps everything
 
 
+def test_an_error_is_an_outcome_not_a_measurement_it_replaces_older_evidence_and_a_skip_never_replaces_it(tmp_path):
+    """Measured means judged against the target (pass, fail). An error is no measurement, but it is the newest
+    outcome: the grid shows the reason (a missing fixture, a crash) rather than a PASS the current code or machine
+    no longer reproduces, and the pass stays in the history. A later skip is only the last attempt."""
+    assert scorecard.MEASURED == ("pass", "fail") and set(scorecard.OUTCOMES) == {"pass", "fail", "error"}
+    scorecard.write([row(value=220.0, time="2026-11-30T01:00:00Z")], tmp_path)
+    scorecard.write([row(status="error", value=None, curve=None, message="fixture austen is missing",
+                         time="2026-11-30T02:00:00Z")], tmp_path)
+    scorecard.write([row(status="skip", value=None, curve=None, message="deselected", time="2026-11-30T03:00:00Z")],
+                    tmp_path)
+    (r,) = [x for x in json.loads((tmp_path / "scorecard.json").read_text())["rows"] if x["milestone"] == "w01"]
+    assert r["status"] == "error" and "fixture austen" in r["message"] and r["last_attempt"]["status"] == "skip"
+    history = [json.loads(h) for h in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [(h["status"], h["value"]) for h in history] == [("pass", 220.0), ("error", None), ("skip", None)]
+
+
 def test_report_merge_folds_another_machines_reports_in_by_time_with_provenance(tmp_path):
     """The nightly GPU job uploads reports/; `python -m impl report --merge` folds it into the local scorecard
     (a subprocess, as a user runs it). Newer measured rows win wherever they come from; older ones do not."""

@@ -205,7 +205,7 @@ def test_a_model_directory_that_is_not_a_causal_lm_is_one_clear_error_and_writes
 
 
 def test_the_scorecard_draws_a_grouped_bar_chart_of_the_scores():
-    from impl.core.scorecard import _bars_svg
+    from impl.core.scorecard import bars_svg
 
-    svg = _bars_svg({"extra": {"scores by model": {"a": {"t1": 0.5, "t2": 0.25}, "b": {"t1": 0.75, "t2": None}}}})
+    svg = bars_svg({"extra": {"scores by model": {"a": {"t1": 0.5, "t2": 0.25}, "b": {"t1": 0.75, "t2": None}}}})
     assert svg.count("<rect") == 3 + 2 and "t2" in svg and ">b<" in svg  # 3 bars + 2 legend boxes

@@ -3,9 +3,10 @@ path on this CPU, and the errors (a port in use on the master, a killed host, ba
 
 The twins use the cpu profile's own targets on w05's GPT shrunk (2 layers, width 32, context 32, a few steps):
 a two-host run on half the global batch misses the loss-curve target (its single-host reference runs at the
-same time, to save wall time); a resume that loads nothing from the checkpoint misses the resume target; a
-manifest with a wrong type or an unknown field misses the validation target. Every test that makes network
-namespaces checks they are gone afterwards, also when the code under test raised.
+same time, to save wall time); a resume that loads nothing from the checkpoint misses the resume target; a host
+that hangs instead of dying is never noticed and misses the detection target; a manifest with a wrong type or an
+unknown field misses the validation target. Every test that makes network namespaces checks they are gone
+afterwards, also when the code under test raised.
 """
 import copy
 import os
@@ -27,14 +28,15 @@ CPU = load_profile("cpu").milestone("w21")
 TINY = {"model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "context": 32},
         "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1}, "eval": {"stride": 32, "max_tokens": 512}}
 
-needs_netns = pytest.mark.skipif(netns.available() is not None, reason=f"no network namespaces: {netns.available()}")
+needs_netns = pytest.mark.skipif(netns.why_unavailable() is not None,
+                                 reason=f"no network namespaces: {netns.why_unavailable()}")
 
 
 def tiny(**sections):
     """The cpu spec shrunk, launched by torchrun (the manifests' form; the acceptance checks run launch.sh's
     `deepspeed --no_ssh --node_rank i` form, whose two extra processes per host cost ~5 s a launch here)."""
-    return override(CPU, gpt=TINY, **{"fault": {"checkpoint_every": 1, "kill_after_step": 1},
-                                      "hosts": {"launcher": "torchrun"}, **sections})
+    spec = override(CPU, gpt=TINY, fault={"checkpoint_every": 1}, hosts={"launcher": "torchrun"})
+    return override(spec, **sections) if sections else spec  # merged into the shrunk sections
 
 
 @pytest.fixture
@@ -83,14 +85,63 @@ def test_a_two_host_run_on_half_the_global_batch_fails_the_parity_target(runs, r
 
 
 @needs_netns
-def test_a_killed_host_is_reported_in_time_and_a_resume_that_loads_nothing_fails_the_resume_target(runs, reference):
+def test_a_host_killed_mid_step_is_reported_and_a_resume_that_loads_nothing_fails_the_resume_target(runs, reference):
     spec = tiny()  # the uninterrupted run: the single-host reference of the same global batch
     f = adapters.w21_fault_and_resume(spec, runs, uninterrupted=reference, sabotage="fresh_weights")
+    assert f["kill_step"] <= f["killed_during_step"] < spec.gpt.train.steps  # mid-run, not after a hold
     assert f["detect_seconds"] < spec.fault.detect_timeout_s
     assert "Connection closed" in f["launcher_error"] or "Error" in f["launcher_error"], f["launcher_error"]
-    assert f["resumed_from_step"] == 2  # the checkpoint after step 1, where host 1 died
+    # a checkpoint after every step: the last complete one is that of the step host 1 died in (or the next, when
+    # it died between marking a checkpoint complete and reporting the next step)
+    assert f["resumed_from_step"] == f["expected_resume_step"] in (f["killed_during_step"], f["killed_during_step"] + 1)
     assert not CPU.targets["resume_final_loss_diff"].passes(f["final_loss_diff"]), f["final_loss_diff"]
     assert not _mine()
+
+
+@needs_netns
+def test_a_host_that_hangs_instead_of_dying_is_never_noticed_and_fails_the_detection_target(runs, reference):
+    """Host 1 stopped (SIGSTOP: its sockets stay open) rather than killed: host 0 waits in the collective, so after
+    the waiting bound (the least the profile allows, twice the target) the detection time is inf, a fail. The job
+    (host 0 killed too) then resumes from the last complete checkpoint."""
+    target = CPU.targets["fault_detect_seconds"]
+    spec = tiny(fault={"detect_timeout_s": 2 * target.threshold})
+    f = adapters.w21_fault_and_resume(spec, runs, uninterrupted=reference, sabotage="freeze")
+    assert f["detect_seconds"] == float("inf") and not target.passes(f["detect_seconds"])
+    assert f["launcher_error"].startswith("none: host 0's launcher was still running"), f["launcher_error"]
+    assert f["resumed_from_step"] == f["expected_resume_step"] > 0
+    assert not _mine()
+
+
+@needs_netns
+def test_under_deepspeeds_launcher_with_two_processes_per_host_the_run_has_2_hosts_and_host_1_is_killed(
+        runs, reference):
+    """DeepSpeed's launcher sets CROSS_RANK, CROSS_SIZE and LOCAL_SIZE, not LOCAL_WORLD_SIZE: the node rank must come
+    from them, or 4 processes on 2 hosts count as 4 hosts and host 1's progress is reported under another node."""
+    spec = tiny(hosts={"launcher": "deepspeed", "nproc_per_host": 2})
+    f = adapters.w21_fault_and_resume(spec, runs, uninterrupted=reference)
+    assert f["world_size"] == 4 and f["hosts"] == 2
+    # one progress report per node, node 1's from host 1's namespace (checked before the kill)
+    assert sorted(p.name for p in (Path(f["run_dir"]) / "progress").glob("*.json")) == ["node0.json", "node1.json"]
+    assert f["detect_seconds"] < spec.fault.detect_timeout_s
+    assert f["resumed_from_step"] == f["expected_resume_step"] in (f["killed_during_step"], f["killed_during_step"] + 1)
+    assert not _mine()
+
+
+def test_the_node_rank_comes_from_torchruns_or_deepspeeds_variables(monkeypatch):
+    from impl.w21_infra.worker import node_layout
+
+    for var in ("GROUP_RANK", "GROUP_WORLD_SIZE", "LOCAL_WORLD_SIZE", "CROSS_RANK", "CROSS_SIZE", "LOCAL_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    assert node_layout(0, 1) == (0, 1)  # one process, no launcher
+    with pytest.raises(SystemExit, match="cannot tell which node"):
+        node_layout(3, 4)
+    # deepspeed 0.19.8's launch.py, rank 3 of 2 nodes x 2 processes
+    for k, v in {"CROSS_RANK": "1", "CROSS_SIZE": "2", "LOCAL_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+    assert node_layout(3, 4) == (1, 2)
+    for k, v in {"GROUP_RANK": "1", "GROUP_WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():  # torchrun's
+        monkeypatch.setenv(k, v)
+    assert node_layout(2, 4) == (1, 2)
 
 
 def test_a_manifest_with_a_wrong_type_or_an_unknown_field_fails_validation(tmp_path):
@@ -162,14 +213,28 @@ def test_a_pod_builds_its_job_from_the_multinode_profile(tmp_path, monkeypatch):
         worker.main()
 
 
-def test_a_relaunch_that_must_resume_stops_when_no_checkpoint_exists(tmp_path):
-    """The fault check's relaunch never quietly starts at step 0 (it would repeat the uninterrupted run)."""
+def test_a_relaunch_resumes_only_a_complete_checkpoint_and_stops_when_there_is_none(tmp_path):
+    """The fault check's relaunch never quietly starts at step 0 (it would repeat the uninterrupted run), nor from
+    a checkpoint a host died saving: DeepSpeed's rank 0 writes `latest` before the other ranks' partitions are
+    saved, so only `complete` (written after the barrier) counts."""
     from impl.w21_infra import worker
 
     job = {"gpt": tiny().gpt.model_dump(), "resume": True, "require_checkpoint": True}
-    with pytest.raises(SystemExit, match="must resume from a checkpoint.*checkpoints/latest"):
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "step2").mkdir(parents=True)  # killed mid-save: rank 0's part and `latest`, no `complete`
+    (ckpt / "latest").write_text("step2")
+    with pytest.raises(SystemExit, match="must resume from a checkpoint.*checkpoints/complete"):
         worker.train_process(job, tmp_path)
-    assert multihost.expected_resume_step(tiny()) == 2 and multihost.expected_resume_step(CPU) == 8
+    (ckpt / "step1").mkdir()
+    (ckpt / "complete").write_text("step1")
+    assert worker.complete_checkpoint(ckpt) == ("step1", 1)
+
+
+def test_the_kill_point_is_seeded_and_lies_between_the_first_checkpoint_and_the_last_step():
+    points = {seed: multihost.kill_point(override(CPU, fault={"seed": seed})) for seed in range(20)}
+    assert points[0] == multihost.kill_point(CPU)  # the same seed, the same point
+    assert all(4 <= step <= 14 and 0 <= fraction < 1 for step, fraction in points.values())
+    assert len({step for step, _ in points.values()}) > 5
 
 
 # --- errors -------------------------------------------------------------------------------------------------------
@@ -210,7 +275,9 @@ def test_namespaces_and_their_processes_are_removed_when_the_body_raises():
 
 def test_a_fault_schedule_without_a_checkpoint_before_the_kill_is_rejected(tmp_path):
     with pytest.raises(ValidationError, match="checkpoint_every"):
-        tiny(fault={"checkpoint_every": 3, "kill_after_step": 1})
+        tiny(fault={"checkpoint_every": 3})  # 4 steps: no step left to die in after the first checkpoint
+    with pytest.raises(ValidationError, match="at least twice the fault_detect_seconds target"):
+        tiny(fault={"detect_timeout_s": CPU.targets["fault_detect_seconds"].threshold})
     with pytest.raises(ValidationError, match="multiple of hosts"):
         override(CPU, gpt={"train": {"batch_size": 15}})
     bad = tmp_path / "bad.yaml"
@@ -230,3 +297,16 @@ def test_the_deploy_cli_renders_and_reports_validation(tmp_path, capsys):
                                                                     "trainjob.yaml"]
     assert main(["deploy", "run", "--profile", "no-such-profile"]) == 2  # one line, no traceback
     assert "error:" in capsys.readouterr().err
+
+
+def test_runs_found_complete_under_reuse_artifacts_say_so_and_fresh_ones_do_not(tmp_path, monkeypatch):
+    """--reuse-artifacts: the rows of a reused two-host run carry reused_artifact (the reading, not a relaunch)."""
+    spec = tiny()
+    made = tmp_path / "run"
+    made.mkdir()
+    (made / "metrics.json").write_text('{"train_tokens_per_s": 100.0, "data": "d", "backend": "gloo", "params": 10}')
+    (made / "train_log.jsonl").write_text('{"step": 0, "loss": 5.0}\n')
+    monkeypatch.setattr(Runs, "dir_for", lambda self, config, name="": made)
+    p = multihost.parity(spec, Runs("w21", "test", reuse=True, root=tmp_path))
+    assert p["single_host"]["reused"] and p["two_host"]["reused"]
+    assert multihost._read(made)["reused"] is False  # what a run just made reports

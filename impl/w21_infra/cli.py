@@ -45,10 +45,10 @@ def cmd_render(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from impl.w21_infra import docker
+    from impl.w21_infra import images
 
     _, spec = _spec(args.profile)
-    info = docker.build_image(spec, flavor=args.flavor, base_image=args.base_image)
+    info = images.build_image(spec, flavor=args.flavor, base_image=args.base_image)
     print(json.dumps(info, indent=1, default=str))
     return 0
 

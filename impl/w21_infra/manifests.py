@@ -24,12 +24,14 @@ through `spec.runtimePatches`, the v1alpha1 CRD's way to change the runtime's po
 Validation (no cluster, no network): core objects against kubernetes-validate's bundled schemas at
 `cluster.kubernetes_version` (strict: unknown fields are errors), the TrainJob against the openAPIV3Schema of
 Kubeflow Trainer's CRD kept in deploy/k8s/crds/ (its SOURCE.md and LICENSE beside it), unknown fields closed
-off the way the API server's strict field validation rejects them; every object's name must be a DNS-1123 label.
+off the way the API server's strict field validation rejects them, its metadata against ObjectMeta and its
+x-kubernetes-validations (CEL) rules evaluated; then what the API server adds to a schema (apiserver.py): names
+by kind (a Service's a DNS-1035 label, others DNS-1123 subdomains) and resource quantities by their grammar.
 """
 from __future__ import annotations
 
 import copy
-import re
+import functools
 import shlex
 import shutil
 import tempfile
@@ -39,6 +41,7 @@ from pathlib import Path
 import yaml
 
 from impl.core.errors import MilestonesError
+from impl.w21_infra import apiserver
 from impl.w21_infra.spec import W21Spec
 
 CRD = Path(__file__).resolve().parents[2] / "deploy" / "k8s" / "crds" / "trainer.kubeflow.org_trainjobs.yaml"
@@ -69,12 +72,20 @@ def _worker_args(spec: W21Spec) -> list[str]:
     return ["-m", WORKER, "--run-dir", _run_dir(spec), "--profile", spec.cluster.profile]
 
 
+def _cpu_threads(spec: W21Spec) -> int:
+    """Threads per process on a CPU node: its whole CPUs shared by its processes, at least 1. A cpu_per_node
+    that is no quantity, or a nproc_per_node below 1, still renders: validation names them (cpu's grammar, the
+    CRD's numProcPerNode rule) instead of a crash here."""
+    c = spec.cluster
+    cpus = apiserver.quantity_value(c.cpu_per_node)
+    return max(1, int(cpus or 0) // max(1, c.nproc_per_node))
+
+
 def _env(spec: W21Spec) -> list[dict]:
     c = spec.cluster
     # nothing fetched at run time: data and tokenizers come from the fixture cache volume (cluster.data_pvc)
     env = [{"name": "HF_HUB_OFFLINE", "value": "1"},
-           {"name": "OMP_NUM_THREADS", "value": "1" if c.gpus_per_node else str(max(1, int(float(c.cpu_per_node))
-                                                                                      // c.nproc_per_node))}]
+           {"name": "OMP_NUM_THREADS", "value": "1" if c.gpus_per_node else str(_cpu_threads(spec))}]
     if c.gpus_per_node == 0:
         env.append({"name": "CUDA_VISIBLE_DEVICES", "value": ""})
     return env
@@ -243,40 +254,74 @@ def _closed(schema):
     return schema
 
 
-def crd_schema(version: str = "v1alpha1") -> dict:
+@functools.cache
+def crd_version(version: str = "v1alpha1") -> dict:
+    """The CRD's entry for `version` (its schema and subresources), parsed once: the file is 450 kB of YAML."""
     if not CRD.exists():
         raise ManifestError(f"the TrainJob CRD {CRD} is missing (see deploy/k8s/crds/SOURCE.md)")
     crd = yaml.safe_load(CRD.read_text())
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
-            return _closed(copy.deepcopy(v["schema"]["openAPIV3Schema"]))
+            return v
     raise ManifestError(f"{CRD} has no version {version}")
 
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+def crd_schema(version: str = "v1alpha1") -> dict:
+    return _closed(copy.deepcopy(crd_version(version)["schema"]["openAPIV3Schema"]))
+
+
+@functools.cache
+def _crd_validator():
+    """The closed schema's validator, made once (its .schema serves the checks that walk the schema)."""
+    import jsonschema
+
+    return jsonschema.Draft7Validator(crd_schema())
+
+
+def _status_subresource() -> bool:
+    return "status" in (crd_version().get("subresources") or {})
+
+
+def crd_rules() -> list[dict]:
+    """The TrainJob CRD's x-kubernetes-validations rules, each with whether a create evaluates it (and why not)."""
+    return apiserver.cel_rules(_crd_validator().schema, _status_subresource())
+
+
+def _trainjob_problems(obj: dict, defs: dict) -> list[str]:
+    validator = _crd_validator()
+    errors = [e for e in validator.iter_errors(obj)
+              # the CRD's quantity pattern: apiserver's quantity grammar reports those values, more clearly
+              if not (e.validator == "pattern" and apiserver.is_quantity(e.schema))]
+    problems = [f"{apiserver.dotted(e.absolute_path)}: {e.message}"
+                for e in sorted(errors, key=lambda e: list(map(str, e.absolute_path)))]
+    problems += apiserver.metadata_problems(obj.get("metadata"), defs)
+    problems += apiserver.quantity_problems(obj, validator.schema)
+    if any(e.validator == "type" for e in errors):  # the API server runs no CEL rule on a mistyped object
+        problems.append("<root>: the x-kubernetes-validations rules were not checked because the object has type "
+                        "errors; correct them to complete validation")
+    else:
+        problems += apiserver.cel_problems(obj, validator.schema, _status_subresource())
+    return problems
 
 
 def validate_object(obj: dict, kubernetes_version: str) -> list[str]:
     """The problems of one object (empty: valid)."""
-    import jsonschema
     import kubernetes_validate
 
-    problems = []
-    name = (obj.get("metadata") or {}).get("name", "")
-    if not _DNS_LABEL.match(str(name)):
-        problems.append(f"metadata.name {name!r} is not a DNS-1123 label")
+    problems = apiserver.name_problems(obj)
+    try:
+        defs = apiserver.definitions(kubernetes_version)
+    except ValueError as e:
+        return [*problems, str(e)]
     if obj.get("apiVersion") == "trainer.kubeflow.org/v1alpha1" and obj.get("kind") == "TrainJob":
-        validator = jsonschema.Draft7Validator(crd_schema())
-        problems += [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-                     for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.path)))]
-        return problems
+        return problems + _trainjob_problems(obj, defs)
     try:
         kubernetes_validate.validate(obj, kubernetes_version, strict=True)
     except kubernetes_validate.ValidationError as e:
-        problems.append(f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message}")
-    except (kubernetes_validate.SchemaNotFoundError, kubernetes_validate.utils.VersionNotSupportedError) as e:
-        problems.append(str(e))
-    return problems
+        problems.append(f"{apiserver.dotted(e.path)}: {e.message}")
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return [*problems, e.message]
+    return problems + apiserver.quantity_problems(obj, apiserver.kind_schema(obj, defs) or {}, defs)
 
 
 def validate(spec: W21Spec, rendered: Rendered) -> dict:
@@ -289,5 +334,8 @@ def validate(spec: W21Spec, rendered: Rendered) -> dict:
         problems = validate_object(obj, version)
         if problems:
             invalid[key] = problems
+    rules = crd_rules()
+    on_create = sum(r["on_create"] for r in rules)
     return {"checked": checked, "invalid": invalid, "kubernetes_version": version,
-            "crd": f"{CRD.relative_to(CRD.parents[3])} (v1alpha1 openAPIV3Schema, unknown fields rejected)"}
+            "crd": f"{CRD.relative_to(CRD.parents[3])} (v1alpha1 openAPIV3Schema, unknown fields rejected; "
+                   f"{on_create} of its {len(rules)} CEL rules evaluated, the others apply to updates or status)"}

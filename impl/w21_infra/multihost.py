@@ -3,7 +3,7 @@
     from impl.core.artifacts import Runs
     from impl.w21_infra import multihost
     p = multihost.parity(spec, Runs("w21", "cpu"))         # 1 host vs 2 hosts, same global batch; tokens/s
-    f = multihost.fault_and_resume(spec, runs, p["two_host"])   # host 1 killed, reported, resumed
+    f = multihost.fault_and_resume(spec, runs, p["two_host"])   # host 1 killed mid-step, reported, resumed
     python -m impl deploy run --profile cpu                # the same from the command line
 
 Each host runs `torchrun --nnodes 2 --node-rank i ...` (or `deepspeed --no_ssh --node_rank i ...`) inside its
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +30,7 @@ from impl.core.profiles import override
 from impl.w01_gpt.data import prepare
 from impl.w21_infra import netns
 from impl.w21_infra.spec import W21Spec
+from impl.w21_infra.worker import complete_checkpoint
 
 WORKER = "impl.w21_infra.worker"
 
@@ -36,14 +39,11 @@ class PortInUse(MilestonesError):
     pass
 
 
-class HostLost(DistributedError):
-    pass
-
-
-def _read(run_dir: Path, suffix: str = "") -> dict:
+def _read(run_dir: Path, suffix: str = "", reused: bool = False) -> dict:
+    """A finished run's metrics and curve; `reused`: found complete (--reuse-artifacts), not run by this call."""
     m = json.loads((run_dir / f"metrics{suffix}.json").read_text())
     log = [json.loads(line) for line in (run_dir / f"train_log{suffix}.jsonl").read_text().splitlines()]
-    return {**m, "curve": [(x["step"], x["loss"]) for x in log], "run_dir": str(run_dir)}
+    return {**m, "curve": [(x["step"], x["loss"]) for x in log], "run_dir": str(run_dir), "reused": reused}
 
 
 def _job(spec: W21Spec, gpt=None, **extra) -> dict:
@@ -60,13 +60,14 @@ def single_host(spec: W21Spec, runs: Runs, timeout_s: float | None = None) -> di
     gpt = override(spec.gpt, train={"nproc": spec.hosts.nproc_per_host})
     job = _job(spec, gpt)
     run_dir = runs.dir_for({**job, "kind": "single_host"}, name="single_host")
-    if not (run_dir / "metrics.json").exists():
+    reused = (run_dir / "metrics.json").exists()
+    if not reused:
         write_json(run_dir / "job.json", job)
         prepare(gpt.data, gpt.tokenizer)  # the token cache, built once before the ranks need it
         torchrun(WORKER, ["--run-dir", str(run_dir)], spec.hosts.nproc_per_host, timeout_s or spec.hosts.timeout_s,
                  run_dir / "torchrun.log", env={"OMP_NUM_THREADS": _env()["OMP_NUM_THREADS"]},
                  expect=run_dir / "metrics.json")
-    return _read(run_dir)
+    return _read(run_dir, reused=reused)
 
 
 def node_command(spec: W21Spec, node_rank: int, master_addr: str, port: int, run_dir: Path,
@@ -170,7 +171,7 @@ def two_host(spec: W21Spec, runs: Runs, sabotage: str | None = None, master_port
     job = _job(spec, gpt, same_shard=sabotage == "same_shard")
     run_dir = runs.dir_for({**job, "kind": "two_host", "launcher": spec.hosts.launcher}, name="two_host")
     if (run_dir / "metrics.json").exists():
-        return _read(run_dir)
+        return _read(run_dir, reused=True)
     write_json(run_dir / "job.json", job)
     prepare(gpt.data, gpt.tokenizer)
     port = master_port or spec.hosts.master_port
@@ -227,65 +228,72 @@ def parity(spec: W21Spec, runs: Runs, sabotage: str | None = None) -> dict:
     }
 
 
+def kill_point(spec: W21Spec) -> tuple[int, float]:
+    """The seeded fault: (step, fraction). Host 1 dies in training step `step` (0-based, from
+    `fault.checkpoint_every`, so a checkpoint exists, to steps - 2, so a step remains), `fraction` of its previous
+    step's duration after it started the step: during the forward, the collectives, or a checkpoint's save."""
+    f, steps = spec.fault, spec.gpt.train.steps
+    rng = random.Random(f"w21 fault {f.seed}")
+    return rng.randint(f.checkpoint_every, steps - 2), rng.random()
+
+
 def fault_and_resume(spec: W21Spec, runs: Runs, uninterrupted: dict | None = None, sabotage: str | None = None) -> dict:
-    """Host 1 is killed after step `fault.kill_after_step` (its processes SIGKILLed, as a host's power loss
-    would); host 0's launcher must exit with an error within `fault.detect_timeout_s`; then both hosts relaunch
-    with --resume from the newest checkpoint and run to the end. `uninterrupted` is the plain two-host run of
-    the same spec (made here when not given). Sabotage "fresh_weights": the relaunch starts at the checkpoint's
-    step but with freshly initialised weights and optimizer (a resume that loads nothing)."""
-    if sabotage not in (None, "fresh_weights"):
-        raise ValueError(f"sabotage must be None or 'fresh_weights'; got {sabotage!r}")
+    """Host 1 is killed during a training step (kill_point; its processes SIGKILLed, as a host's power loss would);
+    the time until host 0's launcher exits with the error is measured (inf when it is still running
+    `fault.detect_timeout_s` after the kill); then both hosts relaunch, resuming from the last checkpoint found
+    complete on disk, and run to the end. `uninterrupted` is the plain two-host run of the same spec (made here
+    when not given). Sabotage twins: "fresh_weights", the relaunch starts at the checkpoint's step with freshly
+    initialised weights and optimizer (a resume that loads nothing); "freeze", host 1 is stopped (SIGSTOP: a hung
+    host, its sockets left open) instead of killed, which host 0 never notices."""
+    if sabotage not in (None, "fresh_weights", "freeze"):
+        raise ValueError(f"sabotage must be None, 'fresh_weights' or 'freeze'; got {sabotage!r}")
     uninterrupted = two_host(spec, runs) if uninterrupted is None else uninterrupted
     f = spec.fault
     gpt = _two_host_gpt(spec, None)
     base = _job(spec, gpt, checkpoint_every=f.checkpoint_every)
-    run_dir = runs.dir_for({**base, "kind": "fault", "kill_after_step": f.kill_after_step, "sabotage": sabotage},
-                           name="fault")
-    if not (run_dir / "fault.json").exists():
-        # an interrupted earlier attempt: nothing of it may stand in for this one (a stale `holding` would have
-        # host 1 killed before any checkpoint exists; stale logs and metrics would be read as this run's)
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        for stale in ["holding", "metrics.json", *(f"{kind}{tag}.{ext}" for tag in ("_killed", "_resumed")
-                                                    for kind, ext in (("train_log", "jsonl"), ("metrics", "json"),
-                                                                      ("host0", "log"), ("host1", "log")))]:
+    run_dir = runs.dir_for({**base, "kind": "fault", "fault": f.model_dump(), "launcher": spec.hosts.launcher,
+                            "nproc_per_host": spec.hosts.nproc_per_host, "sabotage": sabotage}, name="fault")
+    reused = (run_dir / "fault.json").exists()
+    if not reused:
+        # an interrupted earlier attempt: nothing of it may stand in for this one (stale progress would have host 1
+        # killed at once; stale checkpoints, logs and metrics would be read as this run's)
+        for stale in ("checkpoints", "progress"):
+            shutil.rmtree(run_dir / stale, ignore_errors=True)
+        for stale in ["metrics.json", *(f"{kind}{tag}.{ext}" for tag in ("_killed", "_resumed")
+                                        for kind, ext in (("train_log", "jsonl"), ("metrics", "json"),
+                                                          ("host0", "log"), ("host1", "log")))]:
             (run_dir / stale).unlink(missing_ok=True)
         prepare(gpt.data, gpt.tokenizer)
         with netns.two_hosts(spec.hosts.subnet) as hosts:
             port = spec.hosts.master_port
             check_port_free(hosts[0], port)
-            write_json(run_dir / "job.json", {**base, "hold_after_step": f.kill_after_step, "log_suffix": "_killed"})
-            detect, error = _kill_host_1(spec, hosts, run_dir, port)
-            (run_dir / "holding").unlink(missing_ok=True)
+            write_json(run_dir / "job.json", {**base, "log_suffix": "_killed"})
+            fault = _kill_host_1(spec, hosts, run_dir, port, freeze=sabotage == "freeze")
+            # what the relaunch must resume from: the newest checkpoint every rank finished writing
+            found = complete_checkpoint(run_dir / "checkpoints")
+            fault["resume_tag"], fault["expected_resume_step"] = found if found else (None, None)
             # require_checkpoint: a relaunch that finds no checkpoint fails instead of starting at step 0
             write_json(run_dir / "job.json", {**base, "resume": True, "require_checkpoint": True,
                                               "log_suffix": "_resumed", "fresh_weights": sabotage == "fresh_weights"})
             with Launch(spec, hosts, run_dir, port, "_resumed") as launch:
                 launch.wait(spec.hosts.timeout_s)
-        write_json(run_dir / "fault.json", {"detect_seconds": detect, "launcher_error": error})
-        write_json(run_dir / "metrics.json", {"detect_seconds": detect})  # complete: --reuse-artifacts finds it
+        write_json(run_dir / "fault.json", fault)
+        write_json(run_dir / "metrics.json", {"detect_seconds": fault["detect_seconds"]})  # --reuse-artifacts finds it
     fault = json.loads((run_dir / "fault.json").read_text())
     resumed = _read(run_dir, "_resumed")
     killed = _read_log(run_dir / "train_log_killed.jsonl")
     ref = dict(uninterrupted["curve"])
-    after = [(s, v) for s, v in resumed["curve"]]
+    after = resumed["curve"]
     return {
+        **fault,
         "final_loss_diff": abs(after[-1][1] - ref[after[-1][0]]),
         "max_loss_diff_after_resume": max(abs(v - ref[s]) for s, v in after),
         # the killed run's steps up to the checkpoint, then the resumed run's (steps after the checkpoint ran twice)
         "resumed_curve": [(s, v) for s, v in killed if s < resumed["start_step"]] + after,
-        "killed_run_curve": killed, "resumed_from_step": resumed["start_step"],
-        "expected_resume_step": expected_resume_step(spec),
-        "killed_after_step": f.kill_after_step, "detect_seconds": fault["detect_seconds"],
-        "detect_timeout_s": f.detect_timeout_s, "launcher_error": fault["launcher_error"],
-        "checkpoint_every": f.checkpoint_every, "run_dir": str(run_dir), "sabotage": sabotage,
+        "killed_run_curve": killed, "resumed_from_step": resumed["start_step"], "hosts": resumed["hosts"],
+        "world_size": resumed["world_size"], "detect_timeout_s": f.detect_timeout_s,
+        "checkpoint_every": f.checkpoint_every, "run_dir": str(run_dir), "sabotage": sabotage, "reused": reused,
     }
-
-
-def expected_resume_step(spec: W21Spec) -> int:
-    """The step the relaunch must start at: that of the last checkpoint host 1 saved before it was killed (the
-    worker saves after step s when (s + 1) % checkpoint_every == 0, and holds after saving)."""
-    f = spec.fault
-    return (f.kill_after_step + 1) // f.checkpoint_every * f.checkpoint_every
 
 
 def _read_log(path: Path) -> list:
@@ -294,33 +302,70 @@ def _read_log(path: Path) -> list:
     return [(x["step"], x["loss"]) for x in map(json.loads, path.read_text().splitlines())]
 
 
-def _kill_host_1(spec: W21Spec, hosts, run_dir: Path, port: int) -> tuple[float, str]:
-    """Launch both hosts, kill host 1 once it holds after `kill_after_step`, time host 0's launcher's exit."""
+def _progress(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _kill_host_1(spec: W21Spec, hosts, run_dir: Path, port: int, freeze: bool = False) -> dict:
+    """Launch both hosts; when host 1 reports the seeded step (progress/node1.json), wait the seeded part of a
+    step, kill every process of host 1 and time host 0's launcher's exit."""
     f = spec.fault
+    step, fraction = kill_point(spec)
+    report_path = run_dir / "progress" / "node1.json"
     with Launch(spec, hosts, run_dir, port, "_killed") as launch:
         deadline = time.monotonic() + spec.hosts.timeout_s
-        while not (run_dir / "holding").exists():
+        while (report := _progress(report_path)) is None or report["step"] < step:
             if any(p.poll() is not None for p in launch.procs):
-                raise DistributedError(f"a host exited before the fault was injected:\n{launch.tail(0)}\n"
-                                       f"{launch.tail(1)}")
+                reports = sorted(p.name for p in (run_dir / "progress").glob("node*.json"))
+                raise DistributedError(f"a host exited before host 1 reached step {step}, where it was to be killed "
+                                       f"(progress reports: {reports or 'none'}):\nhost 0:\n{launch.tail(0)}\n"
+                                       f"host 1:\n{launch.tail(1)}")
             if time.monotonic() > deadline:
-                raise DistributedError(f"host 1 never reached step {f.kill_after_step}:\n{launch.tail(1)}")
-            time.sleep(0.1)
+                raise DistributedError(f"host 1 never reported step {step} (progress/node1.json):\n{launch.tail(1)}")
+            time.sleep(0.005)
+        # the report must come from host 1's namespace: a worker with a wrong node rank (a process of host 0
+        # reporting as node 1) would have the wrong host's progress decide the kill
+        if report["pid"] not in netns.pids_in(hosts[1].netns):
+            raise DistributedError(f"node 1's progress report came from pid {report['pid']}, which is not a process "
+                                   f"of host 1 ({hosts[1].netns}): the workers got their node ranks wrong")
+        delay = fraction * (report["last_step_seconds"] or 0.0)
+        time.sleep(max(0.0, report["started"] + delay - time.time()))
+        if launch.procs[1].poll() is not None or launch.procs[0].poll() is not None:
+            raise DistributedError(f"a launcher exited before the kill (the job ended first?):\n{launch.tail(0)}")
         killed_at = time.monotonic()
-        netns.kill_all_in(hosts[1].netns)  # every process of host 1: its launcher and its rank
+        for pid in netns.pids_in(hosts[1].netns):  # every process of host 1: its launcher and its ranks
+            try:
+                os.kill(pid, signal.SIGSTOP if freeze else signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        during = _progress(report_path)["step"]
         try:
             rc = launch.procs[0].wait(timeout=f.detect_timeout_s)
         except subprocess.TimeoutExpired:
-            raise HostLost(f"host 1 was killed after step {f.kill_after_step}, but host 0's launcher was still "
-                           f"running {f.detect_timeout_s:.0f} s later (a hang):\n{launch.tail(0)}") from None
-        detect = time.monotonic() - killed_at
+            detect, rc = float("inf"), None
+        else:
+            detect = time.monotonic() - killed_at
         if rc == 0:
-            raise DistributedError(f"host 0's launcher exited 0 although host 1 was killed:\n{launch.tail(0)}")
-        lines = launch.tail(0, 20000).splitlines()
-        # the rank's own error (gloo: "Connection closed by peer") first, then the launcher's
-        error = next((line.strip() for key in ("Connection closed", "RuntimeError", "ChildFailedError")
-                      for line in lines if key in line), f"exit code {rc}")
-        return detect, error[:400]
+            raise DistributedError(f"host 0's launcher exited 0 although host 1 was killed in step {during}:\n"
+                                   f"{launch.tail(0)}")
+        if rc is None:
+            error = (f"none: host 0's launcher was still running {f.detect_timeout_s:g} s after host 1 was "
+                     f"{'stopped' if freeze else 'killed'}")
+        else:
+            lines = launch.tail(0, 20000).splitlines()
+            # the rank's own error (gloo: "Connection closed by peer") first, then the launcher's
+            keys = ("Connection closed", "Connection reset", "RuntimeError", "ChildFailedError")
+            error = next((line.strip() for key in keys for line in lines if key in line), f"exit code {rc}")[:400]
+    # a checkpoint directory newer than the last complete one: the kill landed in its save
+    done = complete_checkpoint(run_dir / "checkpoints")
+    partial = sorted((p.name for p in (run_dir / "checkpoints").glob("step*")
+                      if int(p.name.removeprefix("step")) > (done[1] if done else 0)), key=lambda n: int(n[4:]))
+    return {"kill_step": step, "kill_fraction": fraction, "kill_delay_s": delay, "killed_during_step": during,
+            "killed_after_step": during - 1, "incomplete_checkpoint": partial[-1] if partial else None,
+            "detect_seconds": detect, "launcher_error": error, "host_1": "stopped" if freeze else "killed"}
 
 
 def free_port_in(host: netns.Host) -> int:

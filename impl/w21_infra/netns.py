@@ -16,6 +16,7 @@ boot and PID namespace left behind.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import secrets
@@ -58,12 +59,19 @@ class Host:
         return ["ip", "netns", "exec", self.netns, "env", *extra, *cmd]
 
 
-def available() -> str | None:
-    """None when namespaces can be made here, else why not (the checks skip with it)."""
+@functools.lru_cache(maxsize=1)
+def why_unavailable() -> str | None:
+    """Why network namespaces cannot be made here (the checks skip with it), or None when they can. Root and `ip`
+    are not enough (an unprivileged container has both): a namespace is made and deleted to find out."""
     if shutil.which("ip") is None:
         return "no `ip` command (iproute2) on this machine"
     if os.geteuid() != 0:
         return "creating network namespaces needs root"
+    probe = f"{PREFIX}probe-{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode:
+        return f"`ip netns add` fails here (an unprivileged container?): {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "delete", probe], capture_output=True)
     return None
 
 
@@ -113,7 +121,7 @@ def stale() -> list[str]:
 
 @contextmanager
 def two_hosts(subnet: str = "10.77.0"):
-    why = available()
+    why = why_unavailable()
     if why:
         raise NetnsError(f"cannot make two hosts from network namespaces: {why}")
     for name in stale():

@@ -8,9 +8,10 @@
         train: {steps: 12, batch_size: 16, lr: 3.0e-3, zero_stage: 2, log_every: 1}
         eval: {stride: 64, max_tokens: 4096}
       hosts: {count: 2, nproc_per_host: 1, launcher: torchrun}   # network namespaces here, nodes on a cluster
-      fault: {checkpoint_every: 4, kill_after_step: 5, detect_timeout_s: 60}
+      fault: {checkpoint_every: 4, seed: 0, detect_timeout_s: 60}
       cluster: {image: llm-milestones:cpu, kubernetes_version: "1.30", gpus_per_node: 0, data_pvc: w21-data}
-      targets: {two_host_max_loss_diff: ..., resume_final_loss_diff: ..., manifests_invalid: ...}
+      targets: {two_host_max_loss_diff: ..., resume_final_loss_diff: ..., fault_detect_seconds: ...,
+                manifests_invalid: ...}
 """
 from __future__ import annotations
 
@@ -42,11 +43,13 @@ class HostsSpec(Strict):
 
 
 class FaultSpec(Strict):
-    """Host 1 is killed after `kill_after_step` (a checkpoint is saved every `checkpoint_every` steps); host 0's
-    launcher must report it within `detect_timeout_s`; the job resumed from the last checkpoint must end where the
-    uninterrupted run ends."""
+    """Host 1 is killed during a training step drawn with `seed` (the step, and how far into it: see
+    multihost.kill_point), a checkpoint being saved every `checkpoint_every` steps. Host 0's launcher must exit with
+    the error: the time it takes is measured against the target fault_detect_seconds, waiting at most
+    `detect_timeout_s` (well above the target, so a slow detection is a measured fail; never noticed: inf). The job
+    resumed from the last complete checkpoint must end where the uninterrupted run ends."""
     checkpoint_every: int = 4
-    kill_after_step: int = 5
+    seed: int = 0
     detect_timeout_s: float = 60
 
 
@@ -78,13 +81,13 @@ class W21Spec(Strict):
     hosts: HostsSpec = HostsSpec()
     fault: FaultSpec = FaultSpec()
     cluster: ClusterSpec = ClusterSpec()
-    # ---- w21-container's section (the image and container parity; impl/w21_infra/docker.py) ----
-    container: dict[str, Any] | None = None  # impl/w21_infra/image.py:ContainerSpec, checked when loaded
+    # ---- w21-container's section (the image and container parity; impl/w21_infra/container.py, images.py) ----
+    container: dict[str, Any] | None = None  # impl/w21_infra/container.py:ContainerSpec, checked when loaded
 
     @model_validator(mode="after")
     def _container_section(self):
         if self.container is not None:
-            from impl.w21_infra.image import container_spec  # raises MilestonesError naming the bad key
+            from impl.w21_infra.container import container_spec  # raises MilestonesError naming the bad key
 
             try:
                 container_spec(self.container)
@@ -92,8 +95,8 @@ class W21Spec(Strict):
                 raise ValueError(str(e)) from None
         return self
     # ---- end of w21-container's section ----
-    targets: dict[Literal["two_host_max_loss_diff", "resume_final_loss_diff", "manifests_invalid",
-                          "container_loss_diff"], Target]
+    targets: dict[Literal["two_host_max_loss_diff", "resume_final_loss_diff", "fault_detect_seconds",
+                          "manifests_invalid", "container_loss_diff"], Target]
 
     @model_validator(mode="after")
     def _fits(self):
@@ -105,10 +108,15 @@ class W21Spec(Strict):
                             f"grad_accum = {h.count} x {h.nproc_per_host} x {t.grad_accum}")
         if t.zero_stage != 2:
             problems.append(f"gpt.train.zero_stage={t.zero_stage}: w21's run is ZeRO-2")
-        if not 0 < f.checkpoint_every <= f.kill_after_step < t.steps - 1:
-            problems.append(f"fault: need 0 < checkpoint_every ({f.checkpoint_every}) <= kill_after_step "
-                            f"({f.kill_after_step}) < gpt.train.steps - 1 ({t.steps - 1}), so a checkpoint exists "
-                            "when host 1 dies and steps remain after it")
+        if not 0 < f.checkpoint_every <= t.steps - 2:
+            problems.append(f"fault: need 0 < checkpoint_every ({f.checkpoint_every}) <= gpt.train.steps - 2 "
+                            f"({t.steps - 2}): host 1 dies in a step from checkpoint_every to steps - 2, so a "
+                            "checkpoint exists when it dies and a step remains after it")
+        detect = self.targets.get("fault_detect_seconds")
+        if detect and f.detect_timeout_s < 2 * detect.threshold:
+            problems.append(f"fault.detect_timeout_s ({f.detect_timeout_s:g}) must be at least twice the "
+                            f"fault_detect_seconds target ({detect.threshold:g}): a slow detection is then measured "
+                            "and fails, rather than being cut off")
         if len(self.cluster.hostnames) != self.cluster.nodes:
             problems.append(f"cluster.hostnames has {len(self.cluster.hostnames)} names for {self.cluster.nodes} nodes")
         if problems:

@@ -10,8 +10,13 @@ The model, data, batches, optimizer, schedule and ZeRO config are w05's (impl/w0
 global batch of step s is a function of (seed, s) whatever the number of hosts: rank r of W takes its slice.
 A checkpoint (DeepSpeed's own: each rank's ZeRO partition of the optimizer state, the model, the scheduler) is
 saved after every `fault.checkpoint_every` steps into <run-dir>/checkpoints, which all hosts share (a shared
-volume on a cluster). A job with `resume` continues from the newest one, or starts at step 0 when there is none
-(a cluster's first launch); one with `require_checkpoint` (the fault check's relaunch) stops with an error instead.
+volume on a cluster); once every rank has written its part, rank 0 names it in checkpoints/complete. A job with
+`resume` continues from the checkpoint named there, or starts at step 0 when there is none (a cluster's first
+launch); one with `require_checkpoint` (the fault check's relaunch) stops with an error instead.
+
+Each node's first process writes <run-dir>/progress/node<i>.json when it starts a step (step, time, pid, the
+last step's seconds): how far each node is, for whoever watches the job (the fault check kills host 1 mid-step
+from it; a cluster's monitor can spot a stalled node).
 """
 from __future__ import annotations
 
@@ -32,16 +37,51 @@ from impl.w01_gpt.train import gpt_config, lr_at, make_optimizer
 from impl.w05_deepspeed.train import base_optimizer, deepspeed_config
 
 
+COMPLETE = "complete"  # in the checkpoint directory: the tag of the newest checkpoint every rank finished writing
+
+
+def complete_checkpoint(ckpt_dir: Path) -> tuple[str, int] | None:
+    """(tag, step) of the newest checkpoint all ranks finished writing, or None. Not DeepSpeed's `latest`: rank 0
+    writes that as soon as its own files are saved, before the barrier that waits for the other ranks' ZeRO
+    partitions (deepspeed 0.19.8, engine.save_checkpoint), so a host lost mid-save can leave `latest` naming a
+    checkpoint with a partition missing."""
+    path = ckpt_dir / COMPLETE
+    if not path.exists():
+        return None
+    tag = path.read_text().strip()
+    return tag, int(tag.removeprefix("step"))
+
+
+def node_layout(rank: int, world: int) -> tuple[int, int]:
+    """(this process's node rank, the number of nodes), from what the launcher set: torchrun GROUP_RANK and
+    GROUP_WORLD_SIZE, DeepSpeed's launcher (deepspeed/launcher/launch.py, 0.19.8) CROSS_RANK and CROSS_SIZE; it
+    sets no LOCAL_WORLD_SIZE, so rank // LOCAL_WORLD_SIZE took every process for a node of its own."""
+    env = os.environ
+    for node, nodes in (("GROUP_RANK", "GROUP_WORLD_SIZE"), ("CROSS_RANK", "CROSS_SIZE")):
+        if node in env and nodes in env:
+            return int(env[node]), int(env[nodes])
+    if world == 1:
+        return 0, 1
+    raise SystemExit(f"rank {rank} of {world}: the launcher set neither torchrun's GROUP_RANK/GROUP_WORLD_SIZE "
+                     "nor DeepSpeed's CROSS_RANK/CROSS_SIZE, so this process cannot tell which node it is on")
+
+
+def _report_progress(path: Path, record: dict) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(record))
+    os.replace(tmp, path)  # a reader never sees half a record
+
+
 def train_process(job: dict, run_dir: Path) -> None:
     from impl.w21_infra.spec import GPTSpec
 
     spec = GPTSpec.model_validate(job["gpt"])
     ckpt_dir = run_dir / "checkpoints"
-    if job.get("require_checkpoint") and not (ckpt_dir / "latest").exists():
+    if job.get("require_checkpoint") and complete_checkpoint(ckpt_dir) is None:
         # a relaunch that must resume: starting at step 0 would quietly repeat the uninterrupted run
-        raise SystemExit(f"this job must resume from a checkpoint, but {ckpt_dir / 'latest'} does not exist (no "
-                         "checkpoint was saved before the host was lost, or the checkpoint directory is not the "
-                         "one the killed run wrote)")
+        raise SystemExit(f"this job must resume from a checkpoint, but {ckpt_dir / COMPLETE} does not exist (no "
+                         "checkpoint was completely saved before the host was lost, or the checkpoint directory is "
+                         "not the one the killed run wrote)")
     rank, world, device = init_from_env()
     t = spec.train
     per_rank_seqs = t.batch_size // world
@@ -56,25 +96,32 @@ def train_process(job: dict, run_dir: Path) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
     ds_config = deepspeed_config(spec, world)
     engine, opt, _, _ = deepspeed.initialize(model=model, optimizer=opt, lr_scheduler=sched, config=ds_config)
-    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # torchrun and the deepspeed launcher both set it
-    node_rank = rank // per_node
+    node_rank, nodes = node_layout(rank, world)
+    progress = None
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one report per node
+        progress = run_dir / "progress" / f"node{node_rank}.json"
+        progress.parent.mkdir(exist_ok=True)
 
     start = 0
-    if job.get("resume") and (ckpt_dir / "latest").exists():
-        if job.get("fresh_weights"):  # the sabotage twin: the checkpoint's step, but nothing loaded
-            start = int((ckpt_dir / "latest").read_text().strip().removeprefix("step"))
-        else:
-            _, client = engine.load_checkpoint(str(ckpt_dir))
-            start = int(client["next_step"])
+    found = complete_checkpoint(ckpt_dir) if job.get("resume") else None
+    if found:
+        tag, start = found
+        if not job.get("fresh_weights"):  # the sabotage twin: the checkpoint's step, but nothing loaded
+            _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+            if int(client["next_step"]) != start:
+                raise SystemExit(f"checkpoint {ckpt_dir / tag} says next_step {client['next_step']}, its tag {start}")
     log_path = run_dir / f"train_log{job.get('log_suffix', '')}.jsonl"
     if rank == 0:
         write_json(run_dir / "ds_config.json", ds_config)
         log_path.write_text("")
     tokens_per_step = t.batch_size * spec.model.context
     timed_seconds, timed_steps = 0.0, 0
-    every, hold_after = job.get("checkpoint_every"), job.get("hold_after_step")
+    every, last_seconds = job.get("checkpoint_every"), None
     for step in range(start, t.steps):
         t0 = time.perf_counter()
+        if progress:
+            _report_progress(progress, {"node": node_rank, "step": step, "steps": t.steps, "started": time.time(),
+                                        "last_step_seconds": last_seconds, "pid": os.getpid()})
         lr = base_optimizer(opt).param_groups[0]["lr"]
         x, y = batch(data.train, t.seed, step, t.batch_size, spec.model.context)
         shard = 0 if job.get("same_shard") else rank  # sabotage: every rank trains on rank 0's slice
@@ -98,20 +145,22 @@ def train_process(job: dict, run_dir: Path) -> None:
                 f.write(json.dumps({"step": step, "loss": loss_value, "lr": lr,
                                     "tokens": (step + 1) * tokens_per_step}) + "\n")
         if every and (step + 1) % every == 0 and step + 1 < t.steps:
-            # every rank writes its own ZeRO partition; `latest` names the tag
-            engine.save_checkpoint(str(ckpt_dir), tag=f"step{step + 1}", client_state={"next_step": step + 1})
-        if hold_after is not None and step == hold_after and node_rank == 1:
-            # the fault test: this host stops here (after its last checkpoint) until the test kills it, while
-            # host 0 goes on into the next step's collectives and waits for it
-            (run_dir / "holding").write_text(str(step))
-            while True:
-                time.sleep(1)
+            # every rank writes its own ZeRO partition; save_checkpoint returns after a barrier, so all are written
+            tag = f"step{step + 1}"
+            engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state={"next_step": step + 1})
+            if rank == 0:
+                tmp = ckpt_dir / f".{COMPLETE}"
+                tmp.write_text(tag)
+                os.replace(tmp, ckpt_dir / COMPLETE)
+            if world > 1:
+                dist.barrier()  # nobody starts the next step before the checkpoint is marked complete
+        last_seconds = time.perf_counter() - t0
     metrics = {
         "engine": "deepspeed", "zero_stage": t.zero_stage, "world_size": world, "backend": dist.get_backend(),
         "device": device.type, "params": model.num_params(), "tokens_per_step": tokens_per_step, "steps": t.steps,
         "start_step": start, "timed_steps": timed_steps,
         "train_tokens_per_s": tokens_per_step * timed_steps / timed_seconds if timed_seconds else float("nan"),
-        "data": data.description, "hosts": world // per_node,
+        "data": data.description, "hosts": nodes,
     }
     if world > 1:
         dist.barrier()  # nobody tears the group down while rank 0 still writes

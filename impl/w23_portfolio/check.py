@@ -1,10 +1,10 @@
 """The portfolio's checks: every page opened in headless Chromium (selenium and Debian's chromedriver) with its
-console errors, links and images counted, a screenshot of the index; and every number a page marks up compared
-with the record it cites."""
+console errors, links and images counted, a screenshot of the index; and every number a page printed from a
+record formatted again from that record and compared, page by page as many as the build printed."""
 from __future__ import annotations
 
 import html
-import math
+import json
 import os
 import re
 import shutil
@@ -14,9 +14,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from impl.core.errors import MilestonesError
-from impl.w23_portfolio.site import SOURCE_DIR, resolve
+from impl.core.scorecard import format_number
+from impl.w23_portfolio.site import NUMBER_MARKUP, SOURCE_DIR, printed_numbers, resolve
 
-NUM = re.compile(r'<span class="num" data-record="([^"]*)">([^<]*)</span>')
 IDS = re.compile(r'\b(?:id|name)="([^"]+)"')
 
 
@@ -125,31 +125,44 @@ def problems(result: dict) -> int:
     return len(result["console_errors"]) + len(result["broken_links"]) + len(result["broken_images"])
 
 
-def _same(shown: str, recorded) -> bool:
+def _number_problem(page: str, address_text: str, spec: str, shown: str, card: dict, history: list) -> str | None:
+    """Why one marked-up number is wrong, or None: its record, formatted as the page formatted it, must read
+    exactly as shown (the precision printed, no tolerance beyond it)."""
     try:
-        a = float(shown)
-    except ValueError:
-        return False
-    if isinstance(recorded, bool) or not isinstance(recorded, (int, float)):
-        return False
-    if isinstance(recorded, int) and shown.lstrip("-").isdigit():
-        return a == recorded
-    return math.isclose(a, float(recorded), rel_tol=1e-3, abs_tol=1e-300)  # pages show 4 significant digits
+        recorded = resolve(json.loads(address_text), card, history)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):  # an address that is no address
+        return f"{page}: {shown} cites {address_text}, which no record holds"
+    try:
+        expected = format_number(recorded, spec)
+    except (TypeError, ValueError):
+        return f"{page}: shows {shown} for {address_text}, where the record holds {recorded!r} (not a number)"
+    return None if shown == expected else f"{page}: shows {shown} for {address_text}, the record says {expected}"
+
+
+def _count_problems(page: str, found: int, printed: int) -> list[str]:
+    """One problem per number more or fewer than the build printed on the page."""
+    if found < printed:
+        return [f"{page}: a number the build printed from a record is gone ({found} of {printed} left: removed, "
+                f"or no longer marked up)"] * (printed - found)
+    return [f"{page}: {found} numbers cite records, the build printed {printed}"] * (found - printed)
 
 
 def numbers_mismatched(site: Path, card: dict, history: list) -> tuple[int, list[str]]:
-    """(numbers checked, mismatches): every marked-up number on every page against the record it cites; a
-    number citing no record is a mismatch too."""
+    """(numbers checked, problems): every number a page marks up against the record it cites, and per page the
+    count of them against what the build printed (its manifest), so a number edited, removed or turned into plain
+    text is a problem; so is a number citing no record."""
+    site = Path(site)
+    printed = dict(printed_numbers(site)["pages"])
     checked, bad = 0, []
-    for page in pages_of(Path(site)):
-        for record, shown in NUM.findall(page.read_text(errors="replace")):
-            record, shown = html.unescape(record), html.unescape(shown).strip()
-            checked += 1
-            try:
-                recorded = resolve(record, card, history)
-            except (KeyError, IndexError, ValueError, TypeError):
-                bad.append(f"{page.name}: {shown} cites {record}, which no record holds")
-                continue
-            if not _same(shown, recorded):
-                bad.append(f"{page.name}: shows {shown} for {record}, the record says {recorded!r}")
+    for page in pages_of(site):
+        name = page.relative_to(site).as_posix()
+        found = NUMBER_MARKUP.findall(page.read_text(errors="replace"))
+        checked += len(found)
+        for _tag, address, spec, shown in found:
+            problem = _number_problem(name, html.unescape(address), html.unescape(spec), html.unescape(shown).strip(),
+                                      card, history)
+            bad += [problem] if problem else []
+        bad += _count_problems(name, len(found), printed.pop(name, 0))
+    for name, n in printed.items():  # a page the build wrote that is not there any more
+        bad += _count_problems(name, 0, n)
     return checked, bad

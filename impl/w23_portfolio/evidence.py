@@ -66,3 +66,15 @@ def load_evidence(path: Path) -> Evidence:
             got = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
             lines.append(f"{path}: key '{key}': {err['msg']}{got}")
         raise PortfolioInputError("\n".join(lines)) from None
+
+
+def distinct_interviews(evidence: Evidence) -> list[Interview]:
+    """The interviews, an entry repeated word for word counted once (a copy-pasted entry is not another
+    interview); the first of each, in the file's order."""
+    seen, out = set(), []
+    for interview in evidence.interviews:
+        key = interview.model_dump_json()
+        if key not in seen:
+            seen.add(key)
+            out.append(interview)
+    return out

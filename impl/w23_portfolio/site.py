@@ -1,12 +1,20 @@
 """The portfolio site: a MkDocs (Material theme) project generated from reports/scorecard.json, its history and
 the learner's evidence YAML, built offline into a temporary directory and renamed into place.
 
-Every number a page shows from a record is marked up as `<span class="num" data-record="ID">…</span>`, where ID
-is `<milestone>/<check>/<profile>/<field>` (field: value, target, extra:<key>, curve:first, curve:last) for a
-scorecard row, or `history/<line>/value` for a line of history.jsonl; `check.numbers_mismatched` compares each
-with the record it cites. Pages: the index (every milestone's status and headline number against the seed's
-target), one page per milestone, the history, a write-up generated from the measured numbers, the résumé
-bullets (passing rows only, each linked to its evidence) and the interviews.
+Every number a page prints from a record is marked up as `<span class="num" data-record="ADDRESS"
+data-format="SPEC">…</span>` (`<tspan …>` inside a plot), where ADDRESS is a JSON list naming where the number was
+read (see `resolve`): `["row", milestone, check, profile, *path]` (a field of a scorecard row, e.g. `"value"`,
+`"extra", "value per seed", "0"` or `"curve", 3, 1`), `["history", line, *path]` (a line of history.jsonl), or
+`["count", "rows" | "history", {field: [allowed values]}]` (how many rows match, e.g. the index's "2/3"), and
+SPEC is the format it was printed with. The build records in `_mkdocs/numbers.json` which scorecard it read and
+how many such numbers it printed on each page; `check.numbers_mismatched` formats each record again and compares
+the text, and counts them per page, so a number edited, removed or turned into plain text is caught. Text from
+a record (messages, protocols, hardware, times) is quoted as text, not parsed for numbers; the interviews and
+human evaluations come from the evidence YAML, not from a record.
+
+Pages: the index (every milestone's status and headline number against the seed's target), one page per
+milestone, the history, a write-up generated from the measured numbers, the résumé bullets (passing rows only,
+each linked to its evidence) and the interviews.
 """
 from __future__ import annotations
 
@@ -24,10 +32,12 @@ import yaml
 
 from impl.core import scorecard as card_mod
 from impl.core.registry import MILESTONES
-from impl.w23_portfolio.evidence import Evidence, PortfolioInputError, load_evidence
+from impl.w23_portfolio.evidence import Evidence, PortfolioInputError, distinct_interviews, load_evidence
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIR = "_mkdocs"  # the generated MkDocs project, kept beside the pages it built
+NUMBERS_MANIFEST = "numbers.json"  # in SOURCE_DIR: the scorecard read and the numbers printed per page
+NUMBER_MARKUP = re.compile(r'<(span|tspan) class="num" data-record="([^"]*)" data-format="([^"]*)">([^<]*)</\1>')
 CSS = """.num{font-variant-numeric:tabular-nums}.badge{color:#fff;border-radius:3px;padding:1px 6px;font-size:.7rem;
 text-transform:uppercase}.plots svg{margin-right:1em;vertical-align:top;max-width:100%}.md-typeset table:not([class]){font-size:.7rem}
 """
@@ -37,9 +47,11 @@ text-transform:uppercase}.plots svg{margin-right:1em;vertical-align:top;max-widt
 class Site:
     path: Path
     pages: list[str] = field(default_factory=list)  # html files, relative to path
-    numbers: int = 0  # numbers marked up with the record they cite
+    numbers: int = 0  # numbers printed from records, all pages together
     rows: int = 0
     evidence: Evidence = field(default_factory=Evidence)
+    source: Path | None = None  # the scorecard.json it was built from
+    printed: dict[str, int] = field(default_factory=dict)  # page -> numbers printed from records
 
 
 # --- inputs ----------------------------------------------------------------------------------------------------
@@ -75,47 +87,78 @@ def load_history(path: Path | None) -> list[dict | None]:
     return out
 
 
-# --- numbers -------------------------------------------------------------------------------------------------------
-def fmt(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, float):
-        return card_mod._fmt(v)
-    return str(v)
+# --- numbers: printed with the address of the record they were read from ------------------------------------------
+is_number = card_mod.is_number
 
 
-def is_number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+def num(address: list, value, spec: str = ".4g", tag: str = "span") -> str:
+    """A number read from a record, marked up with where it was read and how it was formatted (`tag` tspan
+    inside SVG text). Anything that is not a number is printed as escaped text."""
+    if not is_number(value):
+        return html.escape(card_mod.format_value(value))
+    return (f'<{tag} class="num" data-record="{html.escape(json.dumps(address, separators=(",", ":")), quote=True)}" '
+            f'data-format="{html.escape(spec, quote=True)}">{html.escape(card_mod.format_number(value, spec))}</{tag}>')
 
 
-def row_id(r: dict) -> str:
-    return f"{r['milestone']}/{r['check']}/{r['profile']}"
+def cite(r: dict, tag: str = "span") -> card_mod.Number:
+    """The scorecard's `Number` printer for row `r`: each number marked up with its path in the row."""
+    def number(path: tuple, value, spec: str = ".4g") -> str:
+        return num(["row", r["milestone"], r["check"], r["profile"], *path], value, spec, tag)
+    return number
 
 
-def num(record: str, v) -> str:
-    if not is_number(v):
-        return html.escape(fmt(v))
-    return f'<span class="num" data-record="{html.escape(record, quote=True)}">{fmt(v)}</span>'
+def cite_history(line: int) -> card_mod.Number:
+    def number(path: tuple, value, spec: str = ".4g") -> str:
+        return num(["history", line, *path], value, spec)
+    return number
 
 
-def resolve(record: str, card: dict, history: list[dict | None]):
-    """The value a data-record ID cites; KeyError when it cites nothing."""
-    parts = record.split("/", 3)
-    if parts[0] == "history":
-        entry = history[int(parts[1])]
-        if entry is None:
-            raise KeyError(record)
-        return entry[parts[2]]
-    m, check, profile, fieldname = parts
-    row = next((r for r in card["rows"] if r["milestone"] == m and r["check"] == check and r["profile"] == profile), None)
-    if row is None:
-        raise KeyError(record)
-    if fieldname.startswith("extra:"):
-        return (row.get("extra") or {})[fieldname[6:]]
-    if fieldname in ("curve:first", "curve:last"):
-        pts = row.get("curve") or []
-        return float(pts[0 if fieldname == "curve:first" else -1][1])
-    return row[fieldname]
+def count(source: str, where: dict[str, list], n: int) -> str:
+    """How many scorecard rows (or history entries) match `where` (field -> allowed values), marked up."""
+    return num(["count", source, where], n)
+
+
+def _walk(record, path: list):
+    for key in path:
+        record = record[int(key)] if isinstance(record, list) else record[key]
+    return record
+
+
+def resolve(address: list, card: dict, history: list[dict | None]):
+    """The value an address cites (see the module's docstring); KeyError, IndexError, TypeError, ValueError or
+    AttributeError when it cites nothing."""
+    kind, *rest = address
+    if kind == "row":
+        milestone, check, profile, *path = rest
+        matches = [r for r in card["rows"] if (r["milestone"], r["check"], r["profile"]) == (milestone, check, profile)]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} rows {milestone}/{check}/{profile}")
+        return _walk(matches[0], path)
+    if kind == "history":
+        line, *path = rest
+        if not isinstance(line, int) or line < 0 or history[line] is None:
+            raise KeyError(f"history line {line}")
+        return _walk(history[line], path)
+    if kind == "count":
+        source, where = rest
+        entries = {"rows": card["rows"], "history": [h for h in history if h is not None]}[source]
+        return sum(all(e.get(f) in allowed for f, allowed in where.items()) for e in entries)
+    raise KeyError(f"no kind of record named {kind!r}")
+
+
+def json_html(value, number: card_mod.Number, path: tuple = (), depth: int = 0) -> str:
+    """`value` laid out as indented JSON, its numbers printed by `number` (with their path) and the rest escaped."""
+    pad, inner = " " * depth, " " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{html.escape(json.dumps(str(k)))}: {json_html(v, number, (*path, str(k)), depth + 1)}"
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list) and value:
+        items = [f"{inner}{json_html(v, number, (*path, i), depth + 1)}" for i, v in enumerate(value)]
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    if is_number(value):
+        return number(path, value, ".4g")
+    return html.escape(json.dumps(value, default=str))
 
 
 # --- pages ---------------------------------------------------------------------------------------------------------
@@ -146,24 +189,24 @@ def md_text(text: str) -> str:
     return "\n".join(out)
 
 
-def badge(status: str) -> str:
-    return f"<span class='badge' style='background:{card_mod.STATUS_COLOUR.get(status, '#757575')}'>{html.escape(status)}</span>"
-
-
 def anchor(r: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"{r['profile']}-{r['check']}")
 
 
-def target_text(r: dict) -> str:
-    if r.get("target") is None:
-        return ""
-    return f"{'<' if r.get('direction') == 'lower' else '>'} {num(row_id(r) + '/target', r['target'])}"
-
-
 def measured_text(r: dict) -> str:
+    metric, target = esc(r.get("metric") or "value"), card_mod.target_html(r, cite(r))
     if r.get("value") is None:
-        return f"{esc(r.get('metric') or 'value')} not measured" + (f", target {target_text(r)}" if r.get("target") is not None else "")
-    return f"{esc(r.get('metric') or 'value')} = {num(row_id(r) + '/value', r['value'])}, target {target_text(r)}"
+        return f"{metric} not measured" + (f", target {target}" if target else "")
+    return f"{metric} = {cite(r)(('value',), r['value'])}, target {target}"
+
+
+def training_loss(r: dict) -> tuple[str, str] | None:
+    """The first and last logged training loss, marked up, or None without a curve."""
+    pts = card_mod.curve_points(r)
+    if len(pts) < 2:
+        return None
+    first, last = pts[0][0], pts[-1][0]
+    return (cite(r)(("curve", first, 1), r["curve"][first][1]), cite(r)(("curve", last, 1), r["curve"][last][1]))
 
 
 def code_paths(m: str) -> list[str]:
@@ -187,15 +230,24 @@ def measured(card: dict) -> list[dict]:
     return [r for r in card["rows"] if r.get("status") != "not-implemented"]
 
 
-def _profiles_of(rows: list[dict]) -> list[str]:
-    return sorted({r["profile"] for r in rows}, key=lambda p: (p != "cpu", p))
+def _status_cell(rows: list[dict], milestone: str, profile: str) -> tuple[str, str | None]:
+    """A milestone's status under one profile (badge, checks passed of checks) and its headline, for the index."""
+    cell = card_mod.grid_cell(rows, milestone, profile)
+    where = {"milestone": [milestone], "profile": [profile]}
+    status = (f"{card_mod.badge_html(cell.status)} {count('rows', {**where, 'status': ['pass']}, cell.passed)}/"
+              f"{count('rows', where, cell.total)} {esc(profile)}")
+    if cell.head is not None and cell.head.get("value") is not None:
+        return status, f"{esc(profile)}: {measured_text(cell.head)}"
+    if cell.status == "error" and card_mod.error_reason(cell.head):  # e.g. a fixture that could not be fetched
+        return status, f"{esc(profile)}: {esc(card_mod.error_reason(cell.head))}"
+    return status, None
 
 
 def index_page(card: dict, rows: list[dict]) -> str:
-    counts = {s: sum(r["status"] == s for r in card["rows"]) for s in card_mod.STATUSES}
+    counts = card_mod.status_counts(card["rows"])
     lines = ["# LLM milestones portfolio", "",
              f"Every number on these pages is read from the suite's scorecard (generated {esc(card.get('generated', '?'))}: "
-             + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+             + ", ".join(f"{count('rows', {'status': [s]}, n)} {s}" for s, n in counts.items() if n)
              + ") and links back to the check that measured it. Pages: [write-up](writeup.md) · "
                "[résumé](resume.md) · [history](history.md) · [interviews](interviews.md).", "",
              "| milestone | the seed's target | status | headline number |", "|---|---|---|---|"]
@@ -204,22 +256,16 @@ def index_page(card: dict, rows: list[dict]) -> str:
         if not mine:
             lines.append(f"| [{m.id} {esc(m.title)}](milestones/{m.id}.md) | {esc(m.seed_target)} | not implemented | |")
             continue
-        status, head = [], []
-        for p in _profiles_of(mine):
-            worst, h, passed, n = card_mod._grid_cells(rows, m.id, p)
-            status.append(f"{badge(worst)} {passed}/{n} {esc(p)}")
-            if h is not None and h.get("value") is not None:
-                head.append(f"{esc(p)}: {measured_text(h)}")
-            elif worst == "error" and card_mod.error_reason(h):  # e.g. a fixture that could not be fetched
-                head.append(f"{esc(p)}: {esc(card_mod.error_reason(h))}")
+        cells = [_status_cell(rows, m.id, p) for p in card_mod.profiles_of(mine)]
+        status, head = [c[0] for c in cells], [c[1] for c in cells if c[1]]
         lines.append(f"| [{m.id} {esc(m.title)}](milestones/{m.id}.md) | {esc(m.seed_target)} | {'<br>'.join(status)} | "
                      f"{'<br>'.join(head)} |")
     return "\n".join(lines) + "\n"
 
 
 def _extra_blocks(r: dict) -> list[str]:
-    """A check's context: scalars in a table (numbers cite the record), Markdown samples (stories, before/after
-    answers, tables) as written, structured values folded."""
+    """A check's context: scalars in a table, Markdown samples (stories, before/after answers, tables) as written,
+    structured values (per-seed values, scores by model) folded as JSON; every number cites its record."""
     extra = r.get("extra") or {}
     scalars = [(k, v) for k, v in extra.items() if not isinstance(v, (dict, list)) and not (isinstance(v, str) and "\n" in v)]
     texts = [(k, v) for k, v in extra.items() if isinstance(v, str) and "\n" in v]
@@ -227,14 +273,37 @@ def _extra_blocks(r: dict) -> list[str]:
     out = []
     if scalars:
         out += ["| recorded | value |", "|---|---|"]
-        out += [f"| {esc(k)} | {num(f'{row_id(r)}/extra:{k}', v) if is_number(v) else esc(fmt(v))} |" for k, v in scalars]
+        out += [f"| {esc(k)} | {cite(r)(('extra', k), v) if is_number(v) else esc(card_mod.format_value(v))} |"
+                for k, v in scalars]
         out.append("")
     for k, v in texts:
         out += [f"**{esc(k)}**", "", md_text(v), ""]
     for k, v in structured:
         out += [f'<details><summary>{html.escape(k)}</summary><pre><code>'
-                f'{html.escape(json.dumps(v, indent=1, default=str))}</code></pre></details>', ""]
+                f'{json_html(v, cite(r), ("extra", k))}</code></pre></details>', ""]
     return out
+
+
+def _check_section(r: dict) -> list[str]:
+    lines = [f'<a id="{anchor(r)}"></a>', "", f"### {esc(card_mod.check_title(r))} ({esc(r['profile'])})", "",
+             f"{card_mod.badge_html(r['status'])} **{measured_text(r)}**", "",
+             f"- **check:** `{esc(r['check'])}`",
+             f"- **profile and hardware:** {esc(r['profile'])} · {esc(r.get('hardware') or '-')}",
+             f"- **measured on:** {esc(card_mod.provenance(r) or '-')}",
+             f"- **data:** {esc(r.get('data') or '-')}",
+             f"- **protocol:** {esc(r.get('protocol') or '-')}"]
+    if r.get("message") and r["status"] != "pass":
+        lines.append(f"- **why not a pass:** {esc(r['message'][:600])}")
+    if r.get("last_attempt"):
+        lines.append(f"- **last attempted:** {esc(card_mod.attempt_text(r['last_attempt']))}")
+    loss = training_loss(r)
+    if loss:
+        lines.append(f"- **training loss:** {loss[0]} at the first logged step, {loss[1]} at the last")
+    lines.append("")
+    plots = card_mod.plots_svg(r, cite(r, "tspan"))
+    if plots:
+        lines += [f'<div class="plots">{plots}</div>', ""]
+    return lines + _extra_blocks(r)
 
 
 def milestone_page(m, rows: list[dict], evidence: Evidence) -> str:
@@ -252,26 +321,7 @@ def milestone_page(m, rows: list[dict], evidence: Evidence) -> str:
     if mine:
         lines += ["## Checks", ""]
     for r in mine:
-        lines += [f'<a id="{anchor(r)}"></a>', "", f"### {esc(card_mod._title(r))} ({esc(r['profile'])})", "",
-                  f"{badge(r['status'])} **{measured_text(r)}**", "",
-                  f"- **check:** `{esc(r['check'])}`",
-                  f"- **profile and hardware:** {esc(r['profile'])} · {esc(r.get('hardware') or '-')}",
-                  f"- **measured on:** {esc(card_mod.provenance(r) or '-')}",
-                  f"- **data:** {esc(r.get('data') or '-')}",
-                  f"- **protocol:** {esc(r.get('protocol') or '-')}"]
-        if r.get("message") and r["status"] != "pass":
-            lines.append(f"- **why not a pass:** {esc(r['message'][:600])}")
-        if r.get("last_attempt"):
-            lines.append(f"- **last attempted:** {esc(card_mod._attempt(r['last_attempt']))}")
-        pts = [p for p in (r.get("curve") or []) if len(p) == 2 and is_number(p[1])]
-        if len(pts) >= 2:
-            lines.append(f"- **training loss:** {num(row_id(r) + '/curve:first', float(pts[0][1]))} at the first "
-                         f"logged step, {num(row_id(r) + '/curve:last', float(pts[-1][1]))} at the last")
-        lines.append("")
-        plots = card_mod._gauge(r) + card_mod._curve_svg(r) + card_mod._bars_svg(r)
-        if plots:
-            lines += [f'<div class="plots">{plots}</div>', ""]
-        lines += _extra_blocks(r)
+        lines += _check_section(r)
     human = [h for h in evidence.human_evaluations if h.milestone == m.id]
     if human:
         lines += ["## Human evaluation", "", "Recorded by hand in the evidence file (not a scorecard record).", "",
@@ -282,32 +332,60 @@ def milestone_page(m, rows: list[dict], evidence: Evidence) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _trends(entries: list[tuple[int, dict]]) -> list[str]:
+    """Checks measured more than once: how often, the first and the latest value (errors and skips measured
+    nothing, so they are no point of a trend)."""
+    series: dict[tuple, list] = {}
+    for i, h in entries:
+        if h.get("status") in card_mod.MEASURED:
+            series.setdefault((h["milestone"], h.get("check"), h.get("profile")), []).append((i, h))
+    trends = sorted(((k, s) for k, s in series.items() if len(s) >= 2), key=lambda x: [str(p) for p in x[0]])
+    if not trends:
+        return []
+    lines = ["## Checks measured more than once", "", "| milestone | check | profile | runs | first | latest |",
+             "|---|---|---|---|---|---|"]
+    for (m, c, p), s in trends:
+        (i0, h0), (i1, h1) = s[0], s[-1]
+        runs = count("history", {"milestone": [m], "check": [c], "profile": [p], "status": list(card_mod.MEASURED)},
+                     len(s))
+        lines.append(f"| {esc(m)} | {esc(c)} | {esc(p)} | {runs} | {cite_history(i0)(('value',), h0.get('value'))} "
+                     f"({esc(h0.get('time', ''))}) | {cite_history(i1)(('value',), h1.get('value'))} "
+                     f"({esc(h1.get('time', ''))}) |")
+    return lines + [""]
+
+
 def history_page(history: list[dict | None]) -> str:
     lines = ["# History", "", "Every row the suite has written, oldest first (`reports/history.jsonl`); the "
-             "scorecard keeps the newest measured row of each check.", ""]
+             "scorecard keeps the newest outcome of each check.", ""]
     entries = [(i, h) for i, h in enumerate(history) if h is not None]
     if not entries:
         return "\n".join(lines + ["No history recorded yet."]) + "\n"
-    series: dict[tuple, list] = {}
-    for i, h in entries:
-        if is_number(h.get("value")) and h.get("status") in card_mod.MEASURED:
-            series.setdefault((h["milestone"], h.get("check"), h.get("profile")), []).append((i, h))
-    trends = [(k, s) for k, s in series.items() if len(s) >= 2]
-    if trends:
-        lines += ["## Checks measured more than once", "", "| milestone | check | profile | runs | first | latest |",
-                  "|---|---|---|---|---|---|"]
-        for (m, c, p), s in sorted(trends, key=lambda x: x[0]):
-            (i0, h0), (i1, h1) = s[0], s[-1]
-            lines.append(f"| {esc(m)} | {esc(c)} | {esc(p)} | {len(s)} | {num(f'history/{i0}/value', h0['value'])} "
-                         f"({esc(h0.get('time', ''))}) | {num(f'history/{i1}/value', h1['value'])} ({esc(h1.get('time', ''))}) |")
-        lines.append("")
+    lines += _trends(entries)
     lines += ["## Every row", "", "| time | milestone | check | profile | status | value | target | host |",
               "|---|---|---|---|---|---|---|---|"]
     for i, h in entries:
+        value = cite_history(i)(("value",), h["value"]) if is_number(h.get("value")) else ""
         lines.append(f"| {esc(h.get('time', ''))} | {esc(h['milestone'])} | {esc(h.get('check', ''))} | "
-                     f"{esc(h.get('profile', ''))} | {esc(h.get('status', ''))} | {num(f'history/{i}/value', h.get('value')) if is_number(h.get('value')) else ''} | "
-                     f"{esc(card_mod._target(h))} | {esc(h.get('host') or '')} |")
+                     f"{esc(h.get('profile', ''))} | {esc(h.get('status', ''))} | {value} | "
+                     f"{card_mod.target_html(h, cite_history(i))} | "
+                     f"{esc(h.get('host') or '')} |")
     return "\n".join(lines) + "\n"
+
+
+def _writeup_sentence(r: dict) -> str:
+    link = f"[{esc(card_mod.check_title(r))}](milestones/{r['milestone']}.md#{anchor(r)})"
+    why = esc((r.get("message") or "")[:200])
+    s = {"pass": f"measured {measured_text(r)}: passed.", "fail": f"measured {measured_text(r)}: **missed**.",
+         "error": f"broke before measuring ({why})."}.get(r["status"], f"skipped ({why}).")
+    s = f"- {link} ({esc(r['profile'])}): {s}"
+    extra = r.get("extra") or {}
+    refs = [(k, v) for k, v in extra.items() if (k.startswith("baseline ") or k.startswith("trivial ")) and is_number(v)]
+    if refs and r.get("status") in card_mod.MEASURED:
+        s += " Against " + ", ".join(f"{esc(k)} {cite(r)(('extra', k), v)}" for k, v in refs) + "."
+    loss = training_loss(r)
+    if loss:
+        s += f" Training loss went from {loss[0]} to {loss[1]} over the logged steps."
+    return s
 
 
 def writeup_page(card: dict, rows: list[dict]) -> str:
@@ -318,29 +396,8 @@ def writeup_page(card: dict, rows: list[dict]) -> str:
              + "; ".join(sorted({esc(r.get('hardware')) for r in rows if r.get('hardware')})) + ".", ""]
     for m in MILESTONES.values():
         mine = sorted([r for r in rows if r["milestone"] == m.id], key=lambda r: (r["profile"] != "cpu", r.get("order", 99)))
-        if not mine:
-            continue
-        lines += [f"## {m.id} · {esc(m.title)}", ""]
-        for r in mine:
-            link = f"[{esc(card_mod._title(r))}](milestones/{m.id}.md#{anchor(r)})"
-            if r["status"] == "pass":
-                s = f"- {link} ({esc(r['profile'])}): measured {measured_text(r)}: passed."
-            elif r["status"] == "fail":
-                s = f"- {link} ({esc(r['profile'])}): measured {measured_text(r)}: **missed**."
-            elif r["status"] == "error":
-                s = f"- {link} ({esc(r['profile'])}): broke before measuring ({esc((r.get('message') or '')[:200])})."
-            else:
-                s = f"- {link} ({esc(r['profile'])}): skipped ({esc((r.get('message') or '')[:200])})."
-            extra = r.get("extra") or {}
-            refs = [(k, v) for k, v in extra.items() if (k.startswith("baseline ") or k.startswith("trivial ")) and is_number(v)]
-            if refs and r.get("status") in card_mod.MEASURED:
-                s += " Against " + ", ".join(f"{esc(k)} {num(f'{row_id(r)}/extra:{k}', v)}" for k, v in refs) + "."
-            pts = [p for p in (r.get("curve") or []) if len(p) == 2 and is_number(p[1])]
-            if len(pts) >= 2:
-                s += (f" Training loss went from {num(row_id(r) + '/curve:first', float(pts[0][1]))} to "
-                      f"{num(row_id(r) + '/curve:last', float(pts[-1][1]))} over the logged steps.")
-            lines.append(s)
-        lines.append("")
+        if mine:
+            lines += [f"## {m.id} · {esc(m.title)}", "", *map(_writeup_sentence, mine), ""]
     missing = [m for m in MILESTONES.values() if not any(r["milestone"] == m.id for r in rows)]
     if missing:
         lines += ["## Not yet done", "", ", ".join(f"{m.id} {esc(m.title)}" for m in missing) + ": no record yet.", ""]
@@ -358,17 +415,19 @@ def resume_page(rows: list[dict]) -> str:
         if not mine:
             continue
         lines += [f"**{esc(m.title)}**", ""]
-        lines += [f"- {esc(card_mod._title(r))}: {measured_text(r)} ({esc(r['profile'])} profile) — "
+        lines += [f"- {esc(card_mod.check_title(r))}: {measured_text(r)} ({esc(r['profile'])} profile) — "
                   f"[evidence](milestones/{m.id}.md#{anchor(r)})" for r in mine]
         lines.append("")
     return "\n".join(lines) + "\n"
 
 
 def interviews_page(evidence: Evidence, required: int, source: Path) -> str:
-    n = len(evidence.interviews)
-    lines = ["# Mock interviews", "", f"{n} of the {required} mock interviews the seed asks for are recorded "
-             f"(in `{esc(source.name)}`, filled in by hand).", ""]
-    for i, iv in enumerate(sorted(evidence.interviews, key=lambda x: x.date), 1):
+    interviews = distinct_interviews(evidence)
+    repeated = len(evidence.interviews) - len(interviews)
+    lines = ["# Mock interviews", "", f"{len(interviews)} of the {required} mock interviews the seed asks for are "
+             f"recorded (in `{esc(source.name)}`, filled in by hand"
+             + (f"; {repeated} identical repeated entries counted once" if repeated else "") + ").", ""]
+    for i, iv in enumerate(sorted(interviews, key=lambda x: x.date), 1):
         lines += [f"## Interview {i}: {iv.date} · {esc(iv.interviewer)}", "", f"**Role:** {esc(iv.role)}"
                   + (f" · **outcome:** {esc(iv.outcome)}" if iv.outcome else ""), "", "**Questions**", ""]
         lines += [f"1. {esc(q)}" for q in iv.questions]
@@ -377,8 +436,13 @@ def interviews_page(evidence: Evidence, required: int, source: Path) -> str:
 
 
 # --- the build -------------------------------------------------------------------------------------------------------
-def generate(card: dict, history: list, evidence: Evidence, required: int, evidence_path: Path, src: Path) -> None:
-    """The MkDocs project: mkdocs.yml and docs/*.md."""
+def html_name(markdown_name: str) -> str:
+    return markdown_name.removesuffix(".md") + ".html"  # use_directory_urls is off: page.md -> page.html
+
+
+def generate(card: dict, history: list, evidence: Evidence, required: int, evidence_path: Path, src: Path) -> dict[str, int]:
+    """The MkDocs project: mkdocs.yml and docs/*.md. Returns how many numbers from records each page prints
+    (counted in the Markdown it wrote, before MkDocs renders it)."""
     rows = measured(card)
     docs = src / "docs"
     (docs / "milestones").mkdir(parents=True)
@@ -404,6 +468,7 @@ def generate(card: dict, history: list, evidence: Evidence, required: int, evide
                 {"History": "history.md"}, {"Interviews": "interviews.md"}],
     }
     (src / "mkdocs.yml").write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return {html_name(name): len(NUMBER_MARKUP.findall(text)) for name, text in pages.items()}
 
 
 def mkdocs_build(config_file: Path) -> None:
@@ -418,12 +483,26 @@ def mkdocs_build(config_file: Path) -> None:
         raise PortfolioInputError(f"mkdocs build of {config_file} failed: {e}") from None
 
 
+def printed_numbers(site: Path) -> dict:
+    """The build's record of what it printed: {"scorecard": path, "history": path or None, "pages": {page: n}}."""
+    path = Path(site) / SOURCE_DIR / NUMBERS_MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+        assert isinstance(manifest.get("pages"), dict)
+        return manifest
+    except (OSError, ValueError, AssertionError):
+        raise PortfolioInputError(f"{path} is missing or unreadable: the site was not built by this version "
+                                  f"(rebuild it: python -m impl portfolio)") from None
+
+
 def build(scorecard: Path, out: Path, interviews: Path, history: Path | None = None, required_interviews: int = 3) -> Site:
     """Build the site into a temporary directory beside `out`, then rename it into place: a failed build (bad
     scorecard, bad YAML, mkdocs error) leaves `out` as it was and no temporary directory behind."""
+    scorecard = Path(scorecard).resolve()
+    history = history if history is not None else scorecard.with_name("history.jsonl")
     card = load_card(scorecard)
     evidence = load_evidence(interviews)
-    hist = load_history(history if history is not None else scorecard.with_name("history.jsonl"))
+    hist = load_history(history)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.build-", dir=out.parent))
@@ -431,12 +510,15 @@ def build(scorecard: Path, out: Path, interviews: Path, history: Path | None = N
     try:
         src = work / "src"
         src.mkdir()
-        generate(card, hist, evidence, required_interviews, interviews, src)
-        # the records the pages cite, as read: the numbers check compares with these even if the live scorecard
-        # moves on after the build
+        printed = generate(card, hist, evidence, required_interviews, interviews, src)
+        # the records the pages cite, as read (to reproduce the build); the numbers check reads the scorecard
+        # named in the manifest, outside the published site
         (src / "scorecard.json").write_text(json.dumps(card, indent=1, default=str))
         (src / "history.jsonl").write_text("".join(json.dumps(h, default=str) + "\n" if h is not None else "null\n"
                                                    for h in hist))
+        (src / NUMBERS_MANIFEST).write_text(json.dumps(
+            {"scorecard": str(scorecard), "history": str(Path(history).resolve()) if Path(history).exists() else None,
+             "pages": printed}, indent=1))
         mkdocs_build(src / "mkdocs.yml")
         # 404.html links the site's root absolutely (/assets/...): it works only where a server puts the site at a
         # domain's root, and is broken on disk; the site has no other use for it
@@ -448,6 +530,5 @@ def build(scorecard: Path, out: Path, interviews: Path, history: Path | None = N
     finally:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    pages = sorted(str(p.relative_to(out)) for p in out.rglob("*.html") if SOURCE_DIR not in p.parts)
-    text = "".join((out / p).read_text() for p in pages)
-    return Site(out, pages, text.count('class="num"'), len(card["rows"]), evidence)
+    pages = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.html") if SOURCE_DIR not in p.parts)
+    return Site(out, pages, sum(printed.values()), len(card["rows"]), evidence, scorecard, printed)

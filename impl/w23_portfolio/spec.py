@@ -35,3 +35,7 @@ class W23Spec(BaseModel):
     def path(self, value: str) -> Path:
         p = Path(value)
         return p if p.is_absolute() else ROOT / p
+
+    def site_path(self, reports: Path) -> Path:
+        """Where the site goes: site_dir, or site/ in the session's reports directory."""
+        return self.path(self.site_dir) if self.site_dir else Path(reports) / "site"

@@ -2,7 +2,7 @@
 host's run of the same seed and config.
 
     pytest acceptance -m "w21 and cpu" -k container
-    python -m impl deploy build --profile cpu          # the image alone (impl/w21_infra/docker.py)
+    python -m impl deploy build --profile cpu          # the image alone (impl/w21_infra/images.py)
 
 Both sides run the same command, `python -m impl train w01 --profile P` with P a profile holding only the shrunk
 w01 config of the w21 profile's `container.w01` section, with one thread each. The host runs first (it fills the
@@ -28,7 +28,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from impl.core.artifacts import ROOT, Runs, RunResult, write_json
 from impl.core.errors import MilestonesError
 from impl.core.fixtures import cache_dir
-from impl.w21_infra import docker
+from impl.w21_infra import daemon, images, wheels
+from impl.w21_infra.daemon import tail
 
 INSIDE_CACHE = "/home/app/.cache/llm-milestones"
 INSIDE_ARTIFACTS = "/home/app/artifacts"
@@ -73,7 +74,7 @@ def _side_result(artifacts: Path, side: str, log: str) -> dict:
     runs = sorted((artifacts / "w01" / PROFILE_NAME).glob("*/metrics.json"))
     if not runs:
         raise MilestonesError(f"the {side} run of w01 left no metrics.json under {artifacts}; its output:\n"
-                              f"{docker._tail(log, 20)}")
+                              f"{tail(log, 20)}")
     run = runs[-1].parent
     m = json.loads(runs[-1].read_text())
     curve = [json.loads(l) for l in (run / "train_log.jsonl").read_text().splitlines()]
@@ -92,11 +93,11 @@ def run_on_host(profile: Path, artifacts: Path, threads: int = 1, timeout_s: flo
     p = subprocess.run([sys.executable, "-m", "impl", "train", "w01", "--profile", str(profile)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=timeout_s)
     if p.returncode != 0:
-        raise MilestonesError(f"the host run of w01 failed (exit {p.returncode}):\n{docker._tail(p.stderr, 20)}")
+        raise MilestonesError(f"the host run of w01 failed (exit {p.returncode}):\n{tail(p.stderr, 20)}")
     return {**_side_result(artifacts, "host", p.stdout + p.stderr), "wall_s": round(time.monotonic() - t0, 1)}
 
 
-def run_in_container(d: docker.Docker, image: str, profile: Path, artifacts: Path, threads: int = 1,
+def run_in_container(d: daemon.Docker, image: str, profile: Path, artifacts: Path, threads: int = 1,
                      timeout_s: float = 900) -> dict:
     """The same command inside the image: fixture cache read-only, no network, artifacts to a mounted directory."""
     shutil.rmtree(artifacts, ignore_errors=True)
@@ -110,7 +111,7 @@ def run_in_container(d: docker.Docker, image: str, profile: Path, artifacts: Pat
     out = p.stdout.decode(errors="replace") + p.stderr.decode(errors="replace")
     if p.returncode != 0:
         raise MilestonesError(f"the container run of w01 in {image} failed (exit {p.returncode}):\n"
-                              f"{docker._tail(out, 20)}")
+                              f"{tail(out, 20)}")
     return {**_side_result(artifacts, "container", out), "wall_s": round(time.monotonic() - t0, 1)}
 
 
@@ -128,7 +129,8 @@ def container_parity(spec, runs: Runs, w01_override: dict | None = None) -> RunR
     """Build the image (base made once and kept; the image tag removed afterwards), train w01 on the host and in a
     container, compare. `w01_override` changes the container side only (the sabotage: another seed)."""
     c = container_spec(spec)
-    config = {"container": c.model_dump(), "container_override": w01_override or {}}
+    config = {"container": c.model_dump(), "container_override": w01_override or {},
+              "image_inputs": images.inputs_hash(c.flavor)}  # another commit's image is another run
     run_dir = runs.dir_for(config, name="container")
     if (run_dir / "metrics.json").exists():
         return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
@@ -141,10 +143,10 @@ def container_parity(spec, runs: Runs, w01_override: dict | None = None) -> RunR
     # the host run (one thread, ~10 s) goes while the image builds (mostly file copies and layer commits): its
     # tokens/s is then not a clean measurement, which nothing here judges; its losses are bitwise the same.
     # It also fills the token cache the container reads, before the container starts.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool, docker.session() as d:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool, daemon.session() as d:
         host_job = pool.submit(run_on_host, host_profile, run_dir / "host", c.threads, c.timeout_s)
         try:
-            build = docker.build_image(c, d, keep=False)
+            build = images.build_image(c, d, keep=False)
         except BaseException:
             concurrent.futures.wait([host_job])  # never leave the subprocess behind; the build's error is the one
             raise
@@ -160,7 +162,7 @@ def container_parity(spec, runs: Runs, w01_override: dict | None = None) -> RunR
 
 
 def image_contents(flavor: str = "cpu") -> str:
-    pins = docker.read_lock(docker.DOCKER_DIR / f"requirements-{flavor}.txt")
+    pins = wheels.read_lock(wheels.DOCKER_DIR / f"requirements-{flavor}.txt")
     top = [p for p in pins if p.split("==")[0] in ("torch", "transformers", "tokenizers", "deepspeed", "pydantic")]
     return (f"bookworm + python3.11, /opt/venv with {len(pins)} pinned packages ({', '.join(top)}, ...), the suite "
             f"at /opt/llm-milestones (editable install), user app (uid 1000), entrypoint `python -m impl`")
