@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from impl import units
 from impl.core import scorecard as card
 from impl.core.artifacts import Runs, environment
 from impl.core.errors import MilestonesError
@@ -37,6 +38,10 @@ def pytest_addoption(parser):
     g.addoption("--reuse-artifacts", action="store_true",
                 help="reuse a complete training run with the same config instead of training again")
     g.addoption("--reports-dir", default=None, help="where to write the scorecard (default: reports/)")
+    g.addoption("--impl", default=None, help="a learner's package of units (python -m impl learner init DIR): its "
+                                              "written units replace the reference's, in unit tests and checks")
+    g.addoption("--impl-fallback", action="store_true",
+                help="with --impl: the reference stands in for the units the package leaves as stubs")
 
 
 def pytest_configure(config):
@@ -48,6 +53,11 @@ def pytest_configure(config):
     for p in profiles:  # a user's profile becomes a marker too, so -m NAME selects it under --strict-markers
         config.addinivalue_line("markers", f"{p.name}: hardware profile {p.path}")
     config._milestone_profiles = profiles
+    if config.getoption("impl"):  # before any check runs; the env carries it into every process a check starts
+        try:
+            units.select(config.getoption("impl"), config.getoption("impl_fallback"))
+        except units.UnitError as e:
+            raise pytest.UsageError(str(e)) from None
     _register_grouping(config)
     config._reports = Path(config.getoption("reports_dir") or card.reports_dir())
     worker = getattr(config, "workerinput", None)
@@ -229,6 +239,7 @@ def _row(item, outcome: str, message: str | None, duration: float, requirement_f
         "host": platform.node(), "commit": _ENV["commit"], "duration_s": round(duration, 1), "message": message,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "extra": rec.extra if rec else {}, "curve": rec.curve if rec else None,
+        "implementation": units.provenance(),  # whose code: the reference, or a learner's package and its units
     }
 
 

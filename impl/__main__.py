@@ -391,11 +391,49 @@ def _summarise(results: list[dict], summary: Path | None) -> int:
         print(f"{r['phase']:30} {r['seconds']:6d} s  rc {r['rc']}  {c.get('passed', 0)} passed, "
               f"{c.get('failed', 0) + c.get('error', 0)} failed, {c.get('skipped', 0)} skipped")
     print(f"tests: {total['passed']} passed, {total['failed'] + total['error']} failed, {total['skipped']} skipped"
-          + (f", {total['xfailed']} expected failures (FAIL rows only a person can make good)" if total["xfailed"] else ""))
+          + (f", {total['xfailed']} expected failures (FAIL rows only a person can make good)"
+             if total["xfailed"] else ""))
     codes = [r["rc"] for r in results]
     if all(c == 5 for c in codes):
         return 5  # nothing selected in any phase
     return next((c for c in codes if c not in (0, 5)), 0)
+
+
+def _select_impl(args) -> None:
+    from impl import units
+
+    if getattr(args, "impl", None) is not None:
+        units.select(args.impl, args.impl_fallback)
+
+
+def cmd_units(args) -> int:
+    """Each unit of the milestones against its snapshot (the reference's, or the learner's package with --impl)."""
+    from impl import units
+    from impl.units import check
+
+    milestones = (args.m,) if args.m else units.MILESTONES
+    for m in milestones:
+        units.catalogue(m)  # an unknown milestone: one clear error before anything runs
+    if args.update_snapshots:
+        if units.selected() is not None:
+            raise units.UnitError("snapshots come from the reference only: run --update-snapshots without --impl")
+        for m in milestones:
+            print(f"wrote {check.update_snapshots(m)}")
+        return 0
+    lines, ok = check.table(milestones)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def cmd_learner(args) -> int:
+    from impl.units.learner import init
+
+    written = init(args.dir)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"{len(written)} file(s) written in {args.dir} (existing ones are left as they are); next: "
+          f"python -m impl units --impl {args.dir}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,6 +503,21 @@ def main(argv: list[str] | None = None) -> int:
     te.add_argument("--workers", type=int, default=None, help="pytest-xdist workers (default: one per core)")
     te.add_argument("--summary", type=Path, default=None, help="also write the phases' times and counts as JSON")
     te.set_defaults(func=cmd_test)
+    un = sub.add_parser("units", help="each unit (attention, AdamW, ...) against its snapshot: pass / fail / not "
+                                      "implemented", description=cmd_units.__doc__)
+    un.add_argument("-m", default=None, metavar="MILESTONE", help="one milestone's units (default: all)")
+    un.add_argument("--update-snapshots", action="store_true", help="write the reference's outputs as the snapshots")
+    le = sub.add_parser("learner", help="a learner's package of unit stubs: python -m impl learner init DIR")
+    le.add_argument("action", choices=["init"])
+    le.add_argument("dir", type=Path)
+    le.set_defaults(func=cmd_learner)
+    for command in (t, c, un):  # what runs a learner's units: select their package
+        command.add_argument("--impl", type=Path, default=None,
+                             help="a learner's package (python -m impl learner init DIR) whose written units replace "
+                                  "the reference's")
+        command.add_argument("--impl-fallback", action="store_true",
+                             help="with --impl: use the reference for the units the package leaves as stubs")
+    un.set_defaults(func=cmd_units)
     from impl.w21_infra.cli import add_deploy_parser  # w21: python -m impl deploy render|build|run
 
     add_deploy_parser(sub)
@@ -472,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     if passthrough and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
     try:
+        _select_impl(args)
         return args.func(args, passthrough) if args.command == "test" else args.func(args)
     except KeyboardInterrupt:
         print("interrupted; an unfinished run resumes from its last checkpoint next time", file=sys.stderr)

@@ -97,10 +97,15 @@ def w07_tune(spec, runs: Runs, variant: str, progress: bool = False) -> RunResul
 # --- w09: quantisation and serving ----------------------------------------------------------------------
 def w09_model(spec, profile, runs: Runs) -> str:
     """The model w09 quantises and serves: `w07:lora` is the merged output of the profile's w07 LoRA run (reused
-    when complete, trained otherwise); any other value is a model reference."""
+    when complete, trained otherwise: w09 receives it from here); any other value is a model reference."""
     from impl.w09_serve import run
 
-    return run.model_dir(spec, profile, runs.root)
+    if not spec.model.startswith("w07:"):
+        return run.model_dir(spec)
+    w07 = profile.milestone("w07")
+    run.check_held_out(spec, w07)
+    tuned = w07_tune(w07, Runs("w07", profile.name, reuse=True, root=runs.root), spec.model.split(":", 1)[1])
+    return run.model_dir(spec, tuned.run_dir)
 
 
 def w09_quantize(spec, model: str, runs: Runs, sabotage_bits: int | None = None) -> RunResult:
@@ -172,7 +177,15 @@ def w15_evaluate(spec, profile, runs: Runs, sabotage: str | None = None) -> RunR
     (the twin): the pretrained model replaced by one whose every log-likelihood is 0."""
     from impl.w15_eval import run
 
-    return run.evaluate(spec, profile, runs, sabotage=sabotage)
+    upstream = {}  # the runs of other milestones the profile's models name, handed to w15 (reused when complete)
+    for ref in spec.models.values():
+        if ref == "w01":
+            w01_runs = Runs("w01", profile.name, reuse=True, root=runs.root)
+            upstream[ref] = w01_train(profile.milestone("w01"), w01_runs).run_dir
+        elif ref.startswith("w07:"):
+            upstream[ref] = w07_tune(profile.milestone("w07"), Runs("w07", profile.name, reuse=True, root=runs.root),
+                                     ref.split(":", 1)[1]).run_dir
+    return run.evaluate(spec, runs, upstream, sabotage=sabotage)
 
 
 # --- w21: multi-node training (two hosts, faults, manifests; w21-cluster) -----------------------------------
@@ -278,15 +291,19 @@ def w17_read_pairs(path) -> list[dict]:
 
 # --- w19: web-data cleaning, dedup and a custom tokenizer -------------------------------------------------------
 def w01_training_parts():
-    """w01's training pieces other milestones reuse rather than copy: make_optimizer(model, spec), lr_at(step,
-    spec) (both read only `spec.train`), batch(tokens, seed, step, batch_size, context), evaluate(model, tokens,
-    context, stride, max_tokens, device)."""
+    """w01's model and training pieces, which other milestones receive (from here) rather than copy or import:
+    model(vocab_size, context, n_layer, n_head, n_embd, dropout), make_optimizer(model, spec), lr_at(step, spec)
+    (both read only `spec.train`), clip_grad_norm(grads, max_norm), batch(tokens, seed, step, batch_size,
+    context), evaluate(model, tokens, context, stride, max_tokens, device)."""
     from types import SimpleNamespace
 
+    from impl.units import w01
     from impl.w01_gpt.data import batch
     from impl.w01_gpt.train import evaluate, lr_at, make_optimizer
 
-    return SimpleNamespace(make_optimizer=make_optimizer, lr_at=lr_at, batch=batch, evaluate=evaluate)
+    return SimpleNamespace(model=w01_model, make_optimizer=make_optimizer, lr_at=lr_at,
+                           clip_grad_norm=lambda grads, max_norm: w01.clip_grad_norm(grads, max_norm), batch=batch,
+                           evaluate=evaluate)
 
 
 def w19_clean(spec, runs: Runs, sabotage: str | None = None) -> RunResult:
@@ -307,7 +324,7 @@ def w19_tokenizers(spec, runs: Runs, progress: bool = False, sabotage: str | Non
     from impl.w19_data import run
 
     with runs.exclusive():
-        return run.run(spec, runs, progress, sabotage)
+        return run.run(spec, runs, w01_training_parts(), progress, sabotage)
 
 
 def w19_load_sentencepiece(model_file):

@@ -6,6 +6,7 @@ the optimizer-state target. The gpu1 and gpu2 specs run here with the model shru
 directory in OpenWebText's hub format."""
 import json
 import math
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -60,8 +61,26 @@ def test_ranks_sharing_one_shard_fail_the_loss_match_target(runs):
     zero0, ddp = c["runs"]["zero0"], c["runs"]["ddp"]
     assert max(abs(a - b) for (_, a), (_, b) in zip(zero0["curve"], ddp["curve"])) < 1e-4
     assert CPU.targets["optimizer_state_ratio"].passes(c["optimizer_state_ratio"])  # ZeRO-2's state is still half
+    # what each ZeRO-2 rank holds of the fp32 master weights is the unit's partition of each parameter group
+    zero2 = c["runs"]["zero2"]
+    assert zero2["master_param_bytes_per_rank"] == _zero_partition_bytes(zero2["run_dir"], spec, c["nproc"])
     table = adapters.w05_stage_table(c, gpu_hour_usd=2.0)
     assert "sabotaged: ranks share one shard" in table and "| ZeRO-0 |" in table and "$2.00 / GPU-hour" in table
+
+
+def _zero_partition_bytes(run_dir, spec, world: int) -> list[int]:
+    """Bytes of rank r's fp32 partitions by the unit w05.zero_partition: the run's model, its parameters in w05's
+    two optimizer groups (decay, no decay), each group flattened in order and partitioned as DeepSpeed does."""
+    import torch
+
+    from impl.units import w05
+    from impl.w01_gpt.model import GPT, GPTConfig
+    from impl.w01_gpt.train import make_optimizer
+
+    model = GPT(GPTConfig(**json.loads((Path(run_dir) / "model_config.json").read_text())))
+    flats = [torch.cat([p.detach().flatten() for p in g["params"]])
+             for g in make_optimizer(model, spec, torch.optim.AdamW).param_groups]
+    return [sum(4 * w05.zero_partition(f, r, world).numel() for f in flats) for r in range(world)]
 
 
 def test_a_zero2_run_that_partitions_nothing_fails_the_state_target(runs):

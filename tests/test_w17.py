@@ -11,6 +11,7 @@ import torch
 from impl import adapters
 from impl.core.artifacts import Runs
 from impl.core.profiles import load_profile, override
+from impl.units import w17
 from impl.w17_rlhf import ppo
 from impl.w17_rlhf.data import PreferenceDataError
 from impl.w17_rlhf.judge import degenerate, distinct_n, verdicts
@@ -97,7 +98,7 @@ def test_degenerate_answers_ties_and_distinct_n():
 
 def test_gae_matches_a_hand_computation():
     rewards, values = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.2, 0.4]])
-    adv, ret = ppo.gae(rewards, values, gamma=1.0, lam=0.5)
+    adv, ret = w17.gae(rewards, values, gamma=1.0, lam=0.5)
     d2 = 1.0 - 0.4  # the last step: V after the answer is 0
     d1 = 0.0 + 0.4 - 0.2
     d0 = 0.0 + 0.2 - 0.5

@@ -129,10 +129,22 @@ def merge(paths: list[Path], out: Path | None = None) -> tuple[Path, int]:
 
 
 def provenance(row: dict) -> str:
-    """Where and when a row was measured, in one line."""
+    """Where, when and on whose code a row was measured, in one line."""
     parts = [row.get("host"), row.get("hardware"), f"commit {row['commit']}" if row.get("commit") else None,
-             row.get("time")]
+             row.get("time"), f"code: {code_of(row)}" if row.get("implementation") else None]
     return ", ".join(p for p in parts if p)
+
+
+def code_of(row: dict) -> str:
+    """Whose code a row measured: 'reference implementation', or the learner's package, its commit and units."""
+    from impl.units import summary
+
+    return summary(row.get("implementation") or {})
+
+
+def learners(rows: list[dict]) -> list[dict]:
+    """The rows measured on a learner's package (not the reference)."""
+    return [r for r in rows if (r.get("implementation") or {}).get("implementation", "reference") != "reference"]
 
 
 def load(out: Path | None = None) -> dict:
@@ -462,6 +474,9 @@ def _cell(rows: list[dict], milestone: str, profile: str) -> str:
     reason = error_reason(head) if status == "error" else ""
     if reason:
         value += f"<br><small class='reason'>{html.escape(reason)}</small>"
+    theirs = learners([r for r in rows if r["milestone"] == milestone and r["profile"] == profile])
+    if theirs:  # a learner's code measured here: say so in the grid, not only in the details
+        value += f"<br><small class='code'>{html.escape(code_of(theirs[0]))}</small>"
     return f"<td>{badge_html(status)} <small>{passed}/{n}</small>{value}</td>"
 
 

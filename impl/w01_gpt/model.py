@@ -1,7 +1,8 @@
 """A decoder-only Transformer language model written from scratch (nanoGPT-like).
 
 Pre-LayerNorm blocks, causal self-attention, tied input/output embeddings and GPT-2 initialisation.
-Nothing here comes from transformers: this is the learner's own model.
+Nothing here comes from transformers: this is the learner's own model. The modules hold the parameters; what they
+compute is w01's units (impl/w01_gpt/units.py, or a learner's through `impl.units`).
 
     from impl.w01_gpt.model import GPT, GPTConfig
     model = GPT(GPTConfig(vocab_size=4096, context=128, n_layer=2, n_head=4, n_embd=128))
@@ -15,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from impl.units import w01
 
 
 @dataclass
@@ -41,15 +44,9 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, heads, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_drop(self.proj(y))
+        y = w01.multi_head_self_attention(x, self.qkv.weight, self.qkv.bias, self.proj.weight, self.proj.bias,
+                                          self.n_head, self.dropout if self.training else 0.0)
+        return self.resid_drop(y)
 
 
 class MLP(nn.Module):
@@ -75,8 +72,7 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        return w01.transformer_block(x, self.ln_1, self.attn, self.ln_2, self.mlp)
 
 
 class GPT(nn.Module):
@@ -85,7 +81,6 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.context, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
@@ -117,14 +112,11 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} exceeds the model context {self.cfg.context}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.lm_head(self.ln_f(x))
+        logits = w01.gpt_logits(idx, self.wte.weight, self.wpe.weight, list(self.blocks), self.ln_f,
+                                 self.cfg.dropout, self.training)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = w01.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     @torch.no_grad()
@@ -141,6 +133,6 @@ class GPT(nn.Module):
                 if top_k is not None:
                     v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                     logits[logits < v[:, [-1]]] = -float("inf")
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+                nxt = torch.multinomial(w01.softmax(logits, dim=-1), 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)
         return idx

@@ -25,8 +25,10 @@ from tqdm import tqdm
 
 from impl.core.artifacts import CheckpointError, RunResult, environment, write_json
 from impl.core.distributed import init_from_env, leave, shutdown, torchrun
+from impl.units import w01
 from impl.w01_gpt.data import EOT, TokenData, batch, load_tokenizer, prepare, unigram_ppl
 from impl.w01_gpt.model import GPT, GPTConfig
+from impl.w01_gpt.optim import AdamW
 from impl.w01_gpt.spec import W01Spec
 
 
@@ -38,17 +40,16 @@ def gpt_config(spec: W01Spec, vocab_size: int) -> GPTConfig:
 
 def lr_at(step: int, spec: W01Spec) -> float:
     t = spec.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return t.min_lr + 0.5 * (t.lr - t.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    return w01.cosine_lr(step, t.lr, t.min_lr, t.warmup_steps, t.steps)
 
 
-def make_optimizer(model: GPT, spec: W01Spec) -> torch.optim.AdamW:
+def make_optimizer(model: GPT, spec: W01Spec, cls=AdamW) -> torch.optim.Optimizer:
+    """AdamW (betas 0.9, 0.95) with weight decay on matrices and embeddings only. `cls`: w01's own AdamW, whose
+    update is the adamw_step unit; the DeepSpeed runs pass torch.optim.AdamW (ZeRO's tested type)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices and embeddings; not biases or norms
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": spec.train.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=spec.train.lr, betas=(0.9, 0.95))
+    return cls([{"params": decay, "weight_decay": spec.train.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}], lr=spec.train.lr, betas=(0.9, 0.95))
 
 
 def autocast(spec: W01Spec, device: torch.device):
@@ -173,7 +174,7 @@ def train_process(spec: W01Spec, run_dir: Path, progress: bool = False, do_eval:
                 _, loss = net(xs, ys)
             (loss / t.grad_accum).backward()
             step_loss += loss.detach() / t.grad_accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        grad_norm = w01.clip_grad_norm([p.grad for p in model.parameters() if p.grad is not None], t.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if world > 1:

@@ -81,7 +81,7 @@ def train_process(spec: W05Spec, run_dir: Path, engine_kind: str, do_eval: bool,
     data = prepare(spec.data, spec.tokenizer)
     torch.manual_seed(t.seed)  # the same initial weights on every rank, in both engines
     model = GPT(gpt_config(spec, data.vocab_size)).to(device)
-    opt = make_optimizer(model, spec)
+    opt = make_optimizer(model, spec, torch.optim.AdamW)  # DeepSpeed's ZeRO takes only its tested types
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, spec) / t.lr if t.lr else 0.0)
     if engine_kind == "deepspeed":
         import deepspeed

@@ -7,8 +7,9 @@ int8 is LLM.int8() (8-bit weights, fp16 outlier columns); nf4 is 4-bit NormalFlo
 QLoRA format). Only the linear layers are quantised; the embeddings stay in the load precision, which is why a
 small model with a large vocabulary shrinks less than 4x or 8x.
 
-`round_to_nearest` is a plain per-row round-to-nearest quantiser at any bit width: at 2 bits it is the sabotage
-twin of the quality targets (a quantiser too coarse for the model).
+`round_to_nearest` is a plain per-row round-to-nearest quantiser at any bit width (w09's units
+int8_absmax_quantize / int8_absmax_dequantize): at 2 bits it is the sabotage twin of the quality targets (a
+quantiser too coarse for the model).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 from impl.core.artifacts import RunResult, environment, write_json
 from impl.core.corpora import DataError, hub_dataset, offline_splits
 from impl.core.hf import device, load_causal_lm, load_tokenizer
+from impl.units import w09
 from impl.w07_lora.data import Example
 from impl.w07_lora.tune import generate, rouge_l
 from impl.w09_serve.spec import QuantizeSpec
@@ -28,13 +30,12 @@ from impl.w09_serve.spec import QuantizeSpec
 
 @torch.no_grad()
 def round_to_nearest(model, bits: int):
-    """Quantise-dequantise every linear weight in place, symmetric per output row, to `bits` bits."""
-    levels = 2 ** (bits - 1) - 1 if bits > 1 else 1
+    """Quantise-dequantise every linear weight in place, symmetric per output row, to `bits` bits: w09's units
+    int8_absmax_quantize / int8_absmax_dequantize (2^(bits-1) - 1 levels a side)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            w = module.weight
-            scale = w.abs().amax(dim=1, keepdim=True).clamp(min=1e-8) / levels
-            w.copy_((w / scale).round().clamp(-levels, levels) * scale)
+            q, scale = w09.int8_absmax_quantize(module.weight, bits)
+            module.weight.copy_(w09.int8_absmax_dequantize(q, scale))
     return model
 
 

@@ -15,15 +15,8 @@ from impl.w09_serve import quantize
 from impl.w09_serve.spec import W09Spec
 
 
-def model_dir(spec: W09Spec, profile, root: Path | None = None) -> str:
-    """`w07:<variant>`: the merged model of this profile's w07 run (a complete one is reused, else w07 trains
-    first); anything else is a model reference as-is."""
-    if not spec.model.startswith("w07:"):
-        return spec.model
-    from impl import adapters
-
-    variant = spec.model.split(":", 1)[1]
-    w07 = profile.milestone("w07")
+def check_held_out(spec: W09Spec, w07) -> None:
+    """w09 scores w07's model on w07's held-out instructions only: anything else would not be held-out."""
     w07_splits, ours = load_splits(w07.data), held_out(spec)
     if {e.id for e in ours.eval} != {e.id for e in w07_splits.eval}:
         raise MilestonesError(
@@ -31,8 +24,16 @@ def model_dir(spec: W09Spec, profile, root: Path | None = None) -> str:
             f"{len({e.id for e in ours.eval} & {e.id for e in w07_splits.train})} of them in w07's training set): "
             f"scoring {spec.model} on them would not be held-out. Make milestones.w09.instructions the same as "
             f"milestones.w07.data (the cpu profile uses a YAML anchor).")
-    run = adapters.w07_tune(w07, Runs("w07", profile.name, reuse=True, root=root), variant)
-    return str(run.run_dir / "merged")
+
+
+def model_dir(spec: W09Spec, w07_run_dir: Path | None = None) -> str:
+    """`w07:<variant>`: the merged model of the w07 run it receives (the caller got that run through the
+    adapters); anything else is a model reference as-is."""
+    if not spec.model.startswith("w07:"):
+        return spec.model
+    if w07_run_dir is None:
+        raise MilestonesError(f"w09's model is {spec.model}: it needs that w07 run")
+    return str(Path(w07_run_dir) / "merged")
 
 
 def held_out(spec: W09Spec):

@@ -25,6 +25,7 @@ from impl.core.artifacts import RunResult, Runs, environment, write_json
 from impl.core.errors import MilestonesError
 from impl.core.hf import resolve_model
 from impl.core.metrics import load_metric
+from impl.units import w11
 from impl.w11_rag import chain, index
 from impl.w11_rag.data import QASet, load_qa
 from impl.w11_rag.spec import W11Spec
@@ -91,10 +92,6 @@ def random_retriever_runnable(chunks: list[dict], seed: int, k: int):
                                      for c in r.top(q, k)])
 
 
-def _is_gold(chunk: dict, q) -> bool:
-    return chunk["doc_id"] == q.doc_id and any(a in chunk["text"] for a in q.answers)
-
-
 def _percentile(values: list[float], p: float) -> float:
     import numpy as np
 
@@ -126,8 +123,8 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
     ranked = {"dense": [[by_id[d.metadata["chunk_id"]] for d in dense.invoke(q.question)] for q in questions],
               "bm25": [bm25.top(q.question, k_max) for q in questions],
               "random": [rand.top(q.question, k_max) for q in questions]}
-    recall = {name: {k: sum(any(_is_gold(c, q) for c in hits[:k]) for q, hits in zip(questions, lists)) / len(questions)
-                     for k in ks} for name, lists in ranked.items()}
+    doc_ids, golds = [q.doc_id for q in questions], [q.answers for q in questions]
+    recall = {name: {k: w11.recall_at_k(lists, doc_ids, golds, k) for k in ks} for name, lists in ranked.items()}
 
     g = spec.generate
     generator = chain.load_generator(resolve_model(spec.generator), g.max_new_tokens, g.max_prompt_tokens,
@@ -179,8 +176,8 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
         "random_context_f1": scores["random_context"]["f1"] / 100,
         "oracle_f1": scores["oracle"]["f1"] / 100, "oracle_exact_match": scores["oracle"]["exact_match"] / 100,
         # the retriever the chain used (dense; random in the sabotage twin), at the chain's k
-        "recall_at_k": sum(any(_is_gold(by_id[d.metadata["chunk_id"]], q) for d in docs)
-                           for q, docs in zip(questions, retrieved)) / len(questions),
+        "recall_at_k": w11.recall_at_k([[by_id[d.metadata["chunk_id"]] for d in docs] for docs in retrieved],
+                                       doc_ids, golds, k),
         "bm25_recall_at_k": recall["bm25"][k], "random_recall_at_k": recall["random"][k],
         "recall": {name: {str(kk): v for kk, v in r.items()} for name, r in recall.items()},
         "k": k, "retriever": retriever,

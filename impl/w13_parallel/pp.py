@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
+from impl.units import w13
 from impl.w01_gpt.model import GPT
 from impl.w13_parallel.common import (batch, entry, from_rank, make_optimizer, max_over_ranks, per_rank,
                                       reference_model, state_mb, sync, time_steps, train_step)
@@ -194,7 +195,7 @@ def pp_process(spec: W13Spec, rank: int, world: int, device: torch.device, sabot
         "param_state_mb_per_rank": per_rank(state_mb(stage_mod, spec), device),
         "params_per_rank": per_rank(sum(q.numel() for q in stage_mod.parameters()), device),
         "threads_per_rank": torch.get_num_threads(),
-        "bubble": {"theory": (world - 1) / (p.micro_batches + world - 1),
+        "bubble": {"theory": w13.pipeline_bubble_fraction(world, p.micro_batches),
                    "measured_per_rank": per_rank(bubble, device),
                    "microbatch_seconds_per_rank": per_rank(mb_s, device),
                    "pipeline_seconds_per_step": max_over_ranks([step_s], device)[0]},

@@ -32,10 +32,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from impl.units import w01
 from impl.w01_gpt.model import GPT, MLP, CausalSelfAttention
 from impl.w13_parallel.common import (entry, make_optimizer, max_over_ranks, per_rank, reference_model, state_mb,
                                       time_steps, train_step, batch)
 from impl.w13_parallel.spec import W13Spec
+from impl.w13_parallel.units import column_shard, row_shard
 
 COMM = {"all_reduces": 0, "bytes": 0}  # what the TP layers actually all-reduced, to check the analytic count
 
@@ -73,16 +75,8 @@ class _ReduceFromTP(torch.autograd.Function):
 
 
 # --- which slice of a reference tensor a rank holds -----------------------------------------------------------
-def column_shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """Rows of W (out, in) = output features: column-parallel weight and bias."""
-    return t.chunk(world, dim=0)[rank]
-
-
-def row_shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
-    """Columns of W (out, in) = input features: row-parallel weight."""
-    return t.chunk(world, dim=1)[rank]
-
-
+# column_shard (rows of W: output features) and row_shard (columns of W: input features) are the split that w13's
+# units column_parallel_linear and row_parallel_linear are made of (impl/w13_parallel/units.py): one implementation
 def qkv_shard(t: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """The fused (3C, ...) qkv weight or bias: the rank's heads from each of q, k and v, stacked as [q_r; k_r; v_r].
     Heads are contiguous blocks of C/n_head rows, so rank r's heads are rows [r C/p, (r+1) C/p) of each."""
@@ -148,7 +142,7 @@ class TPAttention(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(self.width, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # heads are independent: no comm
+        y = w01.causal_attention(q, k, v)  # heads are independent: no comm
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, self.width))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from impl.core.artifacts import RunResult, Runs, write_json
 from impl.core.errors import MilestonesError
+from impl.units import w15
 from impl.w15_eval.spec import W15Spec
 
 
@@ -53,20 +54,20 @@ def check_causal_lm(name: str, path: str) -> None:
                            f"fixture:smollm2, w07:lora or w01")
 
 
-def resolve_models(spec: W15Spec, profile, root: Path | None = None) -> dict[str, dict]:
-    """name -> {kind: hf | w01, path, ref}; w01 and w07 runs are reused when complete (trained first otherwise)."""
-    from impl import adapters
+def resolve_models(spec: W15Spec, upstream: dict[str, Path]) -> dict[str, dict]:
+    """name -> {kind: hf | w01, path, ref}. `upstream`: the run directories of the other milestones' runs the
+    models name ("w01", "w07:lora"), which the caller got through the adapters."""
     from impl.core.hf import resolve_model
 
     out = {}
     for name, ref in spec.models.items():
-        if ref == "w01":
-            run = adapters.w01_train(profile.milestone("w01"), Runs("w01", profile.name, reuse=True, root=root))
-            out[name] = {"kind": "w01", "path": str(run.run_dir), "ref": ref}
-        elif ref.startswith("w07:"):
-            run = adapters.w07_tune(profile.milestone("w07"), Runs("w07", profile.name, reuse=True, root=root),
-                                    ref.split(":", 1)[1])
-            out[name] = {"kind": "hf", "path": str(run.run_dir / "merged"), "ref": ref}
+        if ref == "w01" or ref.startswith("w07:"):
+            if ref not in upstream:
+                raise MilestonesError(f"w15's model {name} is {ref}: it needs that run (upstream has "
+                                      f"{sorted(upstream) or 'none'})")
+            path = Path(upstream[ref])
+            out[name] = {"kind": "w01", "path": str(path), "ref": ref} if ref == "w01" else \
+                {"kind": "hf", "path": str(path / "merged"), "ref": ref}
         else:
             path = resolve_model(ref)
             check_causal_lm(name, path)
@@ -138,11 +139,12 @@ def _harness_version() -> str:
 
 
 # --- one run -------------------------------------------------------------------------------------------------
-def evaluate(spec: W15Spec, profile, runs: Runs, sabotage: str | None = None, progress: bool = False) -> RunResult:
+def evaluate(spec: W15Spec, runs: Runs, upstream: dict[str, Path] | None = None, sabotage: str | None = None,
+             progress: bool = False) -> RunResult:
     if sabotage not in (None, *SABOTAGES):
         raise ValueError(f"sabotage must be one of {SABOTAGES}; got {sabotage!r}")
     check_tasks(spec)
-    models = resolve_models(spec, profile, runs.root)  # all checked before the run directory exists
+    models = resolve_models(spec, upstream or {})  # all checked before the run directory exists
     config = {**spec.model_dump(exclude={"targets"}), "resolved": models, "sabotage": sabotage,
               "harness": _harness_version()}
     run_dir = runs.dir_for(config)
@@ -277,7 +279,8 @@ def protocol_check(spec: W15Spec, model: dict, pc, run_dir: Path, harness_acc: f
                    normalise: bool = False) -> dict:
     """The harness's accuracy (`acc`, its reported number) on one task recomputed without it: the same (context, continuation) pairs (from the
     harness's logged requests; for local tasks they must also equal our own rendering of the JSONL), each choice
-    scored by our own summed log-probabilities from transformers, argmax against the target.
+    scored by our own summed log-probabilities from transformers, argmax against the target (the unit
+    w15.multiple_choice_scores, the harness's multiple-choice metric written out).
     `normalise` (the sabotage twin): the mean log-probability per token instead of the sum."""
     import torch
     import torch.nn.functional as F
@@ -297,10 +300,11 @@ def protocol_check(spec: W15Spec, model: dict, pc, run_dir: Path, harness_acc: f
             [list(a) for a in s["arguments"]] != [[rows[s["doc_id"]]["prompt"], " " + c] for c in rows[s["doc_id"]]["choices"]]
             for s in samples)
     hf, tok = load_hf(model["path"], spec)
-    correct, max_ll_diff, disagree = 0, 0.0, 0
+    our_lls, n_tokens, max_ll_diff = [], [], 0.0  # per item: each choice's summed log-probability, its token count
+    harness_lls = [[float(r[0][0]) for r in s["resps"]] for s in samples]
     with torch.no_grad():
-        for s in samples:
-            lls = []
+        for s, theirs in zip(samples, harness_lls):
+            lls, lens = [], []
             for context, continuation in s["arguments"]:
                 n_spaces = len(context) - len(context.rstrip())
                 if n_spaces:
@@ -310,17 +314,21 @@ def protocol_check(spec: W15Spec, model: dict, pc, run_dir: Path, harness_acc: f
                 ids = torch.tensor([whole], device=hf.device)
                 logp = F.log_softmax(hf(ids).logits[0].float(), dim=-1)
                 cont = whole[len(ctx):]
-                ll = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
-                lls.append(ll / len(cont) if normalise else ll)
-            pred = max(range(len(lls)), key=lambda i: lls[i])
-            correct += pred == int(s["target"])
-            harness_lls = [float(r[0][0]) for r in s["resps"]]
-            max_ll_diff = max(max_ll_diff, max(abs(a - b) for a, b in zip(lls, harness_lls))) if not normalise else 0.0
-            disagree += pred != max(range(len(harness_lls)), key=lambda i: harness_lls[i])
-    ours = correct / len(samples)
+                lls.append(sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont)))
+                lens.append(len(cont))
+            our_lls.append(lls)
+            n_tokens.append(lens)
+            max_ll_diff = max(max_ll_diff, max(abs(a - b) for a, b in zip(lls, theirs))) if not normalise else 0.0
+    # the accuracy: the unit w15.multiple_choice_scores (its acc; normalise: its acc_norm with token counts as the
+    # lengths, i.e. the argmax of the mean log-probability per token)
+    pick = 1 if normalise else 0
+    gold = [int(s["target"]) for s in samples]
+    ours = int(w15.multiple_choice_scores(our_lls, gold, n_tokens)[pick].sum()) / len(samples)
+    # the items where our prediction is not the harness's: ours scored against the harness's prediction as gold
+    harness_pred = [max(range(len(h)), key=lambda i: h[i]) for h in harness_lls]
+    disagree = len(samples) - int(w15.multiple_choice_scores(our_lls, harness_pred, n_tokens)[pick].sum())
     if pc.limit or harness_acc is None:  # a prefix of the items: the harness's accuracy on them, from its log
-        harness_acc = sum(max(range(len(s["resps"])), key=lambda i: float(s["resps"][i][0][0])) == int(s["target"])
-                          for s in samples) / len(samples)
+        harness_acc = int(w15.multiple_choice_scores(harness_lls, gold, n_tokens)[0].sum()) / len(samples)
     return {"task": pc.task, "model": pc.model, "items": len(samples), "harness_acc": harness_acc, "our_acc": ours,
             "acc_abs_diff": abs(ours - harness_acc), "items_with_other_prediction": disagree,
             "max_loglikelihood_abs_diff": max_ll_diff, "prompt_mismatches": prompt_mismatches,

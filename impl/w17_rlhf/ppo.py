@@ -8,11 +8,13 @@ Per iteration (Ouyang et al. 2022; Ziegler et al. 2019; the "N implementation de
 2. Score: the reward model's scalar for each prompt + answer, whitened over the batch (mean 0, std 1), so the
    KL penalty's scale means the same whatever the reward model's scale.
 3. Per-token rewards: -kl_coef * (log pi(a_t) - log pi_ref(a_t)) at every answer token (pi_ref: the frozen SFT
-   policy), plus the whitened score at the last token.
+   policy), plus the whitened score at the last token (the unit w17.kl_reward).
 4. GAE: delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lam A_{t+1}; returns = A + V; advantages
-   whitened over the batch. V comes from a value head (a linear layer on the policy's last hidden state).
+   whitened over the batch (w17.gae). V comes from a value head (a linear layer on the policy's last hidden state).
 5. `epochs` passes of minibatches: the clipped policy objective max(-A r, -A clip(r, 1-eps, 1+eps)) with
-   r = pi / pi_old, plus vf_coef times the clipped value loss.
+   r = pi / pi_old (w17.ppo_policy_loss), plus vf_coef times the clipped value loss (w17.clipped_value_loss).
+
+The four units are impl/w17_rlhf/units.py, reached through `impl.units.w17` (a learner's, when selected).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.nn as nn
 
 from impl.core.artifacts import RunResult, environment, write_json
 from impl.core.hf import device
+from impl.units import w17
 from impl.w17_rlhf.policy import answer_logprobs, load_policy, sample
 from impl.w17_rlhf.reward import load_reward_model, score
 
@@ -56,25 +59,12 @@ def whiten(x: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
     return w if shift_mean else w + mean
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over (B, T) per-token rewards and values; V after the last token is 0
-    (the episode ends with the answer). Returns (advantages, returns)."""
-    adv = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[0], device=rewards.device)
-    for t in reversed(range(rewards.shape[1])):
-        next_v = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_v - values[:, t]
-        last = delta + gamma * lam * last
-        adv[:, t] = last
-    return adv, adv + values
-
-
 def ppo_losses(new_logp, old_logp, adv, values, old_values, returns, clip: float, clip_value: float):
-    """(policy loss, value loss, fraction of ratios clipped, approximate KL(old || new))."""
+    """(policy loss, value loss, fraction of ratios clipped, approximate KL(old || new)): the losses are the units
+    w17.ppo_policy_loss and w17.clipped_value_loss, the other two are logged statistics."""
+    pg = w17.ppo_policy_loss(new_logp, old_logp, adv, clip)
+    vf = w17.clipped_value_loss(values, old_values, returns, clip_value)
     ratio = torch.exp(new_logp - old_logp)
-    pg = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip, 1 + clip)).mean()
-    v_clipped = old_values + torch.clamp(values - old_values, -clip_value, clip_value)
-    vf = 0.5 * torch.max((values - returns) ** 2, (v_clipped - returns) ** 2).mean()
     clipfrac = ((ratio - 1).abs() > clip).float().mean()
     approx_kl = 0.5 * ((new_logp - old_logp) ** 2).mean()
     return pg, vf, clipfrac, approx_kl
@@ -127,11 +117,10 @@ def run(spec, prompts, sft_dir: Path, reward_dir: Path, run_dir: Path, progress:
             old_logp = answer_logprobs(logits, seq, R, p.temperature)
             ref_logp = answer_logprobs(ref(seq).logits, seq, R, p.temperature)
         # 3. per-token rewards: KL penalty everywhere, the score at the end
-        kl = old_logp - ref_logp
-        rewards = -p.kl_coef * kl
-        rewards[:, -1] += scores
+        kl = old_logp - ref_logp  # logged below
+        rewards = w17.kl_reward(scores, old_logp, ref_logp, p.kl_coef)
         # 4. advantages
-        adv, returns = gae(rewards, old_values, p.gamma, p.lam)
+        adv, returns = w17.gae(rewards, old_values, p.gamma, p.lam)
         adv = whiten(adv)
         # 5. PPO epochs over minibatches
         stats = []  # the policy stays in eval mode: dropout would make pi != pi_old at the first step

@@ -169,7 +169,8 @@ def _cap(docs: list[str], max_bytes: int) -> list[str]:
     return kept
 
 
-def run(spec: W19Spec, runs: Runs, progress: bool = False, sabotage: str | None = None, log=print) -> RunResult:
+def run(spec: W19Spec, runs: Runs, w01, progress: bool = False, sabotage: str | None = None, log=print) -> RunResult:
+    """`w01`: w01's model and training parts (adapters.w01_training_parts), on which both tokenizers' GPTs train."""
     if sabotage not in SABOTAGES:
         raise ValueError(f"sabotage must be one of {SABOTAGES}; got {sabotage!r}")
     cleaned = clean_corpus(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), sabotage, log)
@@ -213,7 +214,7 @@ def run(spec: W19Spec, runs: Runs, progress: bool = False, sabotage: str | None 
         # scored, so bits per byte divide by exactly its bytes for both tokenizers
         heldout_ids = np.asarray([enc.eos_id] + list(enc.encode(heldout)), dtype=np.int32)
         results[name] = lm.train_and_score(spec.lm, train_ids, heldout_ids, heldout_bytes, enc.vocab_size,
-                                           run_dir / name, progress)
+                                           run_dir / name, w01, progress)
         results[name]["vocab_size"] = enc.vocab_size
         results[name]["train_tokens"] = int(len(train_ids))
         log(f"{name}: vocab {enc.vocab_size:,}, bpb {results[name]['bpb']:.4f}, token ppl "

@@ -89,7 +89,7 @@ def train_process(job: dict, run_dir: Path) -> None:
     data = prepare(spec.data, spec.tokenizer)
     torch.manual_seed(t.seed)  # the same initial weights on every rank
     model = GPT(gpt_config(spec, data.vocab_size)).to(device)
-    opt = make_optimizer(model, spec)
+    opt = make_optimizer(model, spec, torch.optim.AdamW)  # DeepSpeed's ZeRO takes only its tested types
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, spec) / t.lr if t.lr else 0.0)
     import deepspeed
 
