@@ -25,14 +25,22 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     .venv/bin/python -c "import deepspeed" 2>/dev/null || .venv/bin/pip install -q --no-build-isolation "$DEEPSPEED"
 else
     # exactly the locked environment CI tested (every package pinned with its sha256), DeepSpeed last: it builds
-    # against the torch installed by the first step
+    # against the torch installed by the first step. pip installs the locked uv, uv the rest: from its cache that
+    # takes ~40 s where pip took ~150 s of every CI run. uv does not read pip's settings, so pip's find-links (a
+    # directory of wheels, such as torch's CPU build on this machine's disk) is passed on, and it compiles the
+    # bytecode as pip does: where PYTHONDONTWRITEBYTECODE is set, nothing caches it later, and every process the
+    # suite starts would compile torch and transformers again (twice the import time; locust's timers fired early).
     locked=$(mktemp -d)
+    grep '^uv==' requirements-cpu.lock > "$locked/uv.txt"
     grep -v '^deepspeed==' requirements-cpu.lock > "$locked/main.txt"
     grep '^deepspeed==' requirements-cpu.lock > "$locked/deepspeed.txt"
-    .venv/bin/pip install -q --require-hashes --no-deps -r "$locked/main.txt"
+    .venv/bin/pip install -q --require-hashes --no-deps -r "$locked/uv.txt"
+    uv=(.venv/bin/uv pip install -q --python .venv/bin/python --no-deps --compile-bytecode
+        ${PIP_FIND_LINKS:+--find-links "$PIP_FIND_LINKS"})
+    "${uv[@]}" --require-hashes -r "$locked/main.txt"
     .venv/bin/python -c "import deepspeed" 2>/dev/null || DS_BUILD_SHM_COMM=1 DS_ACCELERATOR=cpu \
-        .venv/bin/pip install -q --require-hashes --no-deps --no-build-isolation -r "$locked/deepspeed.txt"
-    .venv/bin/pip install -q --no-deps -e .
+        "${uv[@]}" --require-hashes --no-build-isolation -r "$locked/deepspeed.txt"
+    "${uv[@]}" -e .
     rm -r "$locked"
     .venv/bin/python -m impl lock --check  # a venv left from before that drifted says so here
 fi

@@ -90,7 +90,8 @@ def _check_load(scorecard, load: dict, name: str):
         p99_latency_ms=load["p99_latency_ms"], requests_per_s=load["requests_per_s"], requests=load["requests"],
         successful_requests=load["successful_requests"], failed_requests=load["failed_requests"],
         failures="\n".join(load["failures"]) or "none", time_to_first_token=load["ttft"], backend=load["backend"],
-        served_quantization=load["served_quantization"], dtype=load["dtype"], max_batch_size=load["max_batch_size"],
+        batching=load.get("batching", "n/a"), served_quantization=load["served_quantization"], dtype=load["dtype"],
+        max_batch_size=load["max_batch_size"],
         mean_batch_size=load.get("mean_batch_size", "n/a (not reported by this backend)"),
         request_log=load["request_log"], **reference,
     )

@@ -59,6 +59,8 @@ def _context(r) -> dict:
             f"paragraphs ({m['index']['chunk_size']} chars, {m['index']['chunk_overlap']} overlap), "
             f"{m['index']['metric']}, dimension {m['index']['dimension']}", "index_dir": m["index"]["dir"],
             "prompts_with_context_cut": m["prompts_with_context_cut"], **_latency(m),
+            "response_time": f"the first {m['timed_questions']} questions through the chain one at a time "
+                             f"({m['timed_answers_as_batched']} answered as in the batch)",
             "recall_table": _recall_markdown(m), "answers_file": str(r.run_dir / "answers.jsonl"),
             "examples": _examples_markdown(m)}
 

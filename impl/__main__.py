@@ -222,7 +222,8 @@ def cmd_serve(args) -> int:
 
     serve(args.model, args.host, args.port, args.backend, args.quantization, args.dtype,
           args.api_key or os.environ.get("LLM_MILESTONES_API_KEY") or None, args.max_batch_size, args.batch_wait_ms,
-          args.max_prompt_tokens, args.max_tokens_limit, args.name, args.max_body_bytes)
+          args.max_prompt_tokens, args.max_tokens_limit, args.name, args.max_body_bytes, args.batching,
+          args.max_queue)
     return 0
 
 
@@ -477,8 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--quantization", default="none", help="transformers: none | int8 | nf4; vllm: its --quantization")
     v.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
     v.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or LLM_MILESTONES_API_KEY)")
-    v.add_argument("--max-batch-size", type=int, default=8)
-    v.add_argument("--batch-wait-ms", type=float, default=10.0)
+    v.add_argument("--batching", choices=["continuous", "static"], default="continuous",
+                   help="transformers: requests join and leave the running batch at each step, or static batches")
+    v.add_argument("--max-batch-size", type=int, default=8, help="requests generated at once")
+    v.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those; more get 429")
+    v.add_argument("--batch-wait-ms", type=float, default=10.0, help="static: how long a batch waits for company")
     v.add_argument("--max-prompt-tokens", type=int, default=512)
     v.add_argument("--max-tokens-limit", type=int, default=256)
     v.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="larger request bodies get 413")

@@ -1,13 +1,17 @@
 """w09's sabotage twins (a 2-bit round-to-nearest quantiser fails the quality and memory targets; a server that
 answers 500 to some requests fails the zero-failure target under the same locust protocol), the gpu1 paths shrunk
 onto this CPU (WikiText- and Alpaca-format local data, vLLM's command line), and the server's contract: bad
-requests get 4xx JSON and the server keeps serving, the API key, dynamic batching, a busy port, clean stops."""
+requests get 4xx JSON and the server keeps serving, the API key, streaming as the openai client reads it, a request
+joining a running batch (continuous batching) or waiting for it (static), a client gone mid-stream, 429 at
+capacity, a busy port, clean stops."""
+import asyncio
+import http.client
 import json
 import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -16,12 +20,15 @@ from impl.core.artifacts import Runs
 from impl.core.errors import MilestonesError
 from impl.core.profiles import ProfileError, load_profile, override
 from impl.w09_serve import load as load_test
-from impl.w09_serve.server import TransformersBackend, create_app, vllm_command
+from impl.w09_serve.batching import Stream
+from impl.w09_serve.server import create_app, transformers_backend, vllm_command
 from tests.conftest import tiny_llama_dir
 
 CPU = load_profile("cpu").milestone("w09")
 GPU1 = load_profile("gpu1").milestone("w09")
 FAST_SERVE = {"startup_timeout_s": 120, "max_prompt_tokens": 64, "max_tokens_limit": 32}
+LONG_ANSWERS = {**FAST_SERVE, "max_tokens_limit": 400}  # long enough to still be running when the test acts
+LONG = 400
 
 
 @pytest.fixture
@@ -103,7 +110,8 @@ def test_gpu1_serving_protocol_runs_here_on_the_transformers_backend(tiny_chat_m
     """The gpu1 load protocol (chat endpoint, API key, locust) against the CPU backend; vLLM itself needs a GPU."""
     spec = gpu1_shrunk(tiny_chat_model, wikitext_like_dir, alpaca_like_dir)
     r = adapters.w09_serve_under_load(spec, tiny_chat_model, tmp_path / "load")
-    assert r["requests"] > 0 and r["failed_requests"] == 0 and r["requests_per_s"] > 0 and r["batches"] > 0
+    assert r["requests"] > 0 and r["failed_requests"] == 0 and r["requests_per_s"] > 0
+    assert r["generated_tokens"] > 0 and r["mean_running_per_token"] >= 1 and r["batching"] == "continuous"
 
 
 def test_vllm_gets_the_profiles_settings_and_a_missing_vllm_is_a_clear_error(tiny_chat_model):
@@ -122,9 +130,24 @@ def test_vllm_gets_the_profiles_settings_and_a_missing_vllm_is_a_clear_error(tin
 # --- the server's contract -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tiny_chat_model, tmp_path_factory):
-    serve = CPU.serve.model_copy(update=FAST_SERVE)
+    """The server as users start it: continuous batching (the default)."""
+    serve = CPU.serve.model_copy(update={**FAST_SERVE, "batching": "continuous"})
     log = tmp_path_factory.mktemp("server") / "server.log"
     with load_test.running_server(tiny_chat_model, serve, log, api_key="secret", name="tiny") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def long_chat_model(tmp_path_factory):
+    """The tiny model with room for a 400-token answer (seconds of generating here)."""
+    return tiny_llama_dir(tmp_path_factory.mktemp("tiny-long"), max_positions=512)
+
+
+@pytest.fixture(scope="module")
+def static_server(long_chat_model, tmp_path_factory):
+    serve = CPU.serve.model_copy(update={**LONG_ANSWERS, "batching": "static"})
+    log = tmp_path_factory.mktemp("static") / "server.log"
+    with load_test.running_server(long_chat_model, serve, log, api_key="secret", name="tiny") as s:
         yield s
 
 
@@ -144,6 +167,16 @@ def test_completions_and_chat_answer_in_openai_format(server):
     assert status == 200 and r["choices"][0]["message"]["role"] == "assistant"
     status, text = server.get("/health")
     assert status == 200 and json.loads(text) == {"status": "ok", "model": "tiny", "quantization": "none"}
+
+
+def test_sampled_and_greedy_requests_are_served_side_by_side(server):
+    """Greedy and sampled requests run on two continuous-batching managers of the same model."""
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda t: post(server, "/v1/completions", {"prompt": "Once upon a time", "max_tokens": 8,
+                                                                      "temperature": t, "top_p": 0.9}),
+                            [0.0, 1.0, 0.0, 1.5]))
+    assert [status for status, _ in got] == [200] * 4
+    assert got[0][1]["choices"][0]["text"] == got[2][1]["choices"][0]["text"]  # greedy: the same answer twice
 
 
 def test_ignore_eos_generates_exactly_max_tokens_for_the_fixed_length_load_protocol(server):
@@ -168,6 +201,127 @@ def test_the_official_openai_client_talks_to_the_server(server):
             model="tiny", prompt="Hi", max_tokens=1)
 
 
+@pytest.fixture(scope="module")
+def small_server(long_chat_model, tmp_path_factory):
+    """Continuous batching with room for 2 running requests and 1 waiting one: capacity and cancellation."""
+    serve = CPU.serve.model_copy(update={**LONG_ANSWERS, "batching": "continuous", "max_batch_size": 2,
+                                         "max_queue": 1})
+    log = tmp_path_factory.mktemp("small") / "server.log"
+    with load_test.running_server(long_chat_model, serve, log, api_key="secret", name="tiny") as s:
+        yield s
+
+
+def open_stream(server, body, path="/v1/completions"):
+    """A streamed request on its own connection: (connection, response whose headers have arrived)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    conn.request("POST", path, json.dumps({**body, "stream": True}),
+                 {"Authorization": "Bearer secret", "Content-Type": "application/json"})
+    return conn, conn.getresponse()
+
+
+def events(response):
+    """The server-sent events' JSON bodies, until [DONE]."""
+    for line in response:
+        line = line.decode().strip()
+        if line == "data: [DONE]":
+            return
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+def metric(server, name: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = server.get("/metrics")[1]
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+def test_the_openai_client_streams_chat_and_completions_token_by_token_as_the_answer_it_would_get_whole(server):
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="secret", max_retries=0)
+    messages = [{"role": "user", "content": "Name three colours."}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12)
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 1  # more than one piece
+
+    whole = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=10, extra_body={"ignore_eos": True})
+    pieces = list(client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=10, stream=True,
+                                            extra_body={"ignore_eos": True}))
+    assert "".join(p.choices[0].text for p in pieces) == whole.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "length" and len(pieces) > 2
+
+
+@pytest.mark.parametrize("batching,short_first", [("continuous", True), ("static", False)])
+def test_a_short_request_joins_a_running_batch_only_under_continuous_batching(
+        request, batching, short_first):
+    """A long answer is being streamed when a 2-token request arrives: continuous batching takes it in at the next
+    step and finishes it long before the long one; static batching makes it wait for the whole running batch."""
+    # (the long answer is read to its end either way: that is the order being compared)
+    server = request.getfixturevalue("small_server" if batching == "continuous" else "static_server")
+    conn, response = open_stream(server, {"prompt": "Once", "max_tokens": 100, "ignore_eos": True})
+    long_events = events(response)
+    next(long_events)  # the long answer is being generated
+    with ThreadPoolExecutor(1) as pool:
+        short = pool.submit(lambda: (post(server, "/v1/completions", {"prompt": "Hi", "max_tokens": 2}),
+                                     time.monotonic()))
+        received = 1 + sum(1 for _ in long_events)
+        long_done = time.monotonic()
+        (status, r), short_done = short.result()
+    conn.close()
+    assert status == 200 and received >= 2
+    assert (short_done < long_done) == short_first, (batching, short_done - long_done)
+
+
+def test_a_client_gone_mid_stream_frees_its_place_and_its_generation_stops(small_server):
+    before = metric(small_server, "llm_generated_tokens_total")
+    conn, response = open_stream(small_server, {"prompt": "Once", "max_tokens": LONG, "ignore_eos": True})
+    stream = events(response)
+    next(stream), next(stream)
+    conn.close()  # the client goes away after two chunks
+    deadline = time.monotonic() + 10
+    while metric(small_server, "llm_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert metric(small_server, "llm_requests_running") == 0
+    made, settled = metric(small_server, "llm_generated_tokens_total"), False
+    while not settled and time.monotonic() < deadline:  # the step under way when it left may still add a token
+        time.sleep(0.3)
+        made, settled = metric(small_server, "llm_generated_tokens_total"), made
+        settled = settled == made
+    assert settled, "tokens are still being generated for a request whose client has gone"
+    assert made - before < LONG  # stopped long before its max_tokens
+    assert post(small_server, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
+def test_at_capacity_a_request_gets_429_with_retry_after_and_the_server_keeps_serving(small_server):
+    """2 running + 1 waiting fill the small server; the fourth is refused at once, not queued without bound."""
+    opened = [open_stream(small_server, {"prompt": "Once", "max_tokens": LONG, "ignore_eos": True}) for _ in range(3)]
+    from urllib.error import HTTPError
+    from urllib.request import Request, urlopen
+
+    req = Request(small_server.url + "/v1/completions", json.dumps({"prompt": "Hi", "max_tokens": 2}).encode(),
+                  {"Authorization": "Bearer secret", "Content-Type": "application/json"})
+    with pytest.raises(HTTPError) as refused:
+        urlopen(req, timeout=30)
+    body = json.loads(refused.value.read())
+    assert refused.value.code == 429 and refused.value.headers["Retry-After"] == "1"
+    assert body["error"]["type"] == "rate_limit_error" and "capacity" in body["error"]["message"]
+    for conn, _ in opened:
+        conn.close()
+    deadline = time.monotonic() + 10
+    while metric(small_server, "llm_requests_running") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert post(small_server, "/v1/completions", {"prompt": "Hi", "max_tokens": 2})[0] == 200
+
+
 @pytest.mark.parametrize("path,body,raw,status,mentions", [
     ("/v1/completions", None, b"{not json", 400, "invalid JSON"),
     ("/v1/completions", [1, 2], None, 400, "JSON object"),
@@ -182,7 +336,11 @@ def test_the_official_openai_client_talks_to_the_server(server):
     ("/v1/completions", {"prompt": []}, None, 400, "prompt"),
     ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, None, 400, "max_tokens"),
     ("/v1/completions", {"prompt": "hi", "model": "gpt-4"}, None, 404, "not served here"),
-    ("/v1/completions", {"prompt": "hi", "stream": True}, None, 400, "stream"),
+    ("/v1/completions", {"prompt": "hi", "stream": True, "n": 2}, None, 400, "only n=1"),
+    ("/v1/completions", {"prompt": ["a", "b"], "stream": True}, None, 400, "takes one prompt"),
+    ("/v1/completions", {"prompt": "hi", "stream_options": {"include_usage": True}}, None, 400, "only allowed with"),
+    ("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"chunks": 2}}, None, 400, "include_usage"),
+    ("/v1/chat/completions", {**CHAT, "stream": True, "logprobs": True}, None, 400, "unsupported parameter(s) logprobs"),
     ("/v1/nothing", {"prompt": "hi"}, None, 404, "Not Found"),
     # hostile but valid JSON: a lone UTF-16 surrogate, a body nested 5,000 deep (both were 500s)
     ("/v1/chat/completions", None, b'{"messages": [{"role": "user", "content": "\\ud800"}]}', 400, "not valid Unicode"),
@@ -228,15 +386,15 @@ def test_without_the_api_key_the_server_answers_401(server):
     assert load_test.http(server.url + "/health")[0] == 200  # health needs no key (load balancers probe it)
 
 
-def test_concurrent_requests_are_batched_and_counted_in_metrics(server):
-    before = load_test.server_batches(server)
+def test_concurrent_requests_are_batched_and_counted_in_metrics(static_server):
+    before = load_test.server_batches(static_server)
     with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(lambda i: post(server, "/v1/completions",
+        statuses = list(pool.map(lambda i: post(static_server, "/v1/completions",
                                                 {"prompt": f"Count to {i}", "max_tokens": 16})[0], range(8)))
-    after = load_test.server_batches(server)
+    after = load_test.server_batches(static_server)
     batches = after["batches"] - before["batches"]
     assert statuses == [200] * 8 and 1 <= batches < 8, f"8 concurrent requests ran in {batches} batches"
-    _, text = server.get("/metrics")
+    _, text = static_server.get("/metrics")
     assert 'llm_requests_total{route="/v1/completions",status="200"}' in text and "llm_queue_depth" in text
 
 
@@ -260,13 +418,12 @@ class Sabotaged:
         with self.lock:
             self.count += 1
             failing = self.fail_every and self.count % self.fail_every == 0
-        if self.hang:
-            return Future()  # never resolved: the request waits until the client gives up
-        if not failing:
+        if not failing and not self.hang:
             return self.backend.submit(*args, **kw)
-        future = Future()
-        future.set_exception(RuntimeError("injected fault"))
-        return future
+        stream = Stream(asyncio.get_running_loop(), 1, False, on_cancel=lambda s: None)
+        if not self.hang:  # a hung one never ends: the request waits until the client gives up
+            stream.fail(RuntimeError("injected fault"))
+        return stream
 
 
 LOAD_3S = CPU.load.model_copy(update={"duration_s": 3, "max_tokens": 4})
@@ -309,7 +466,7 @@ def _fails_latency_and_throughput(r, healthy):
 
 
 def test_a_server_answering_500_to_some_requests_fails_the_zero_failure_target(tiny_chat_model, tmp_path):
-    r = _load_against(Sabotaged(TransformersBackend(tiny_chat_model, max_batch_size=8), fail_every=3), tmp_path)
+    r = _load_against(Sabotaged(transformers_backend(tiny_chat_model, max_batch_size=8), fail_every=3), tmp_path)
     assert r["failed_requests"] > 0 and any("HTTP 500" in f for f in r["failures"]), r
     assert not CPU.targets["failed_requests"].passes(r["failed_requests"])
 
@@ -317,16 +474,38 @@ def test_a_server_answering_500_to_some_requests_fails_the_zero_failure_target(t
 def test_a_server_answering_every_request_with_a_fast_500_fails_latency_throughput_and_failures(
         tiny_chat_model, tmp_path, healthy_load):
     """Fast answers that are all errors: locust's own average would be a few ms and pass; ours counts successes."""
-    r = _load_against(Sabotaged(TransformersBackend(tiny_chat_model, max_batch_size=8), fail_every=1), tmp_path)
+    r = _load_against(Sabotaged(transformers_backend(tiny_chat_model, max_batch_size=8), fail_every=1), tmp_path)
     assert r["requests"] > 0 and r["successful_requests"] == 0 and r["requests_per_s"] == 0, r
     assert r["mean_latency_ms"] != r["mean_latency_ms"] and not r["enough_successful_requests"]  # NaN: nothing to time
     _fails_latency_and_throughput(r, healthy_load)
     assert not CPU.targets["failed_requests"].passes(r["failed_requests"])
 
 
+def test_a_model_failing_mid_stream_ends_the_stream_with_an_error_event(tiny_chat_model):
+    import uvicorn
+
+    app = create_app(Sabotaged(transformers_backend(tiny_chat_model, max_batch_size=2), fail_every=1), "tiny")
+    port = load_test.free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", json.dumps({**CHAT, "stream": True}),
+                     {"Content-Type": "application/json"})
+        got = list(events(conn.getresponse()))
+        assert got[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert got[-1]["error"]["type"] == "server_error" and "injected fault" in got[-1]["error"]["message"]
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
 def test_a_server_that_never_answers_fails_latency_and_throughput(tiny_chat_model, tmp_path, healthy_load):
     """No request completes in the window: locust reports latency 0 and no failures, which passed before."""
-    r = _load_against(Sabotaged(TransformersBackend(tiny_chat_model, max_batch_size=8), hang=True), tmp_path)
+    r = _load_against(Sabotaged(transformers_backend(tiny_chat_model, max_batch_size=8), hang=True), tmp_path)
     assert r["successful_requests"] == 0 and r["requests_per_s"] == 0, r
     _fails_latency_and_throughput(r, healthy_load)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
-from transformers import TrainerCallback
 
 from impl.core.errors import MilestonesError
 from impl.core.fixtures import fixture_path
@@ -154,15 +153,26 @@ def training_arguments(train: HFTrainSpec, out_dir: Path, progress: bool = True,
     return (cls or TrainingArguments)(**args)
 
 
-class JsonlLog(TrainerCallback):
-    """Appends every Trainer log line (step, loss, learning rate) to `<run_dir>/train_log.jsonl`."""
+def __getattr__(name: str):
+    """`JsonlLog` is made on first use: transformers' trainer module (peft, bitsandbytes ...) takes seconds to
+    import, and every process that only reads a profile (this module's HFTrainSpec) would pay for it."""
+    if name != "JsonlLog":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from transformers import TrainerCallback
 
-    def __init__(self, path: Path):
-        self.path, self.start = path, time.time()
+    class JsonlLog(TrainerCallback):
+        """Appends every Trainer log line (step, loss, learning rate) to `<run_dir>/train_log.jsonl`."""
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            row = {"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
-                   "elapsed_s": round(time.time() - self.start, 2)}
-            with open(self.path, "a") as f:
-                f.write(json.dumps(row) + "\n")
+        def __init__(self, path: Path):
+            self.path, self.start = path, time.time()
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                row = {"step": state.global_step, "loss": logs["loss"], "lr": logs.get("learning_rate"),
+                       "elapsed_s": round(time.time() - self.start, 2)}
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    JsonlLog.__qualname__ = "JsonlLog"
+    globals()["JsonlLog"] = JsonlLog
+    return JsonlLog

@@ -25,7 +25,7 @@ LOCK_FILE = ROOT / "requirements-cpu.lock"
 UNLOCKED = {"wheel", "distribute", "llm-milestones"}
 HEADER = """\
 # The suite's CPU environment, every package with its exact version and sha256: bootstrap.sh installs exactly
-# this where there is no GPU (pip install --require-hashes --no-deps), so every fresh machine gets what CI tested.
+# this where there is no GPU (uv pip install --require-hashes --no-deps), so every fresh machine gets what CI tested.
 # Regenerate from a venv that works with `python -m impl lock` (then `python -m impl.w21_infra.wheels --lock cpu`
 # for the image); tests/test_lock.py fails when this venv and the lock differ.
 """

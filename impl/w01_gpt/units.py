@@ -68,11 +68,10 @@ def gpt_logits(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, blocks: 
 @unit(rtol=1e-5, atol=1e-6)
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
     """The mean over positions whose target is not `ignore_index` of -log softmax(logits)[target].
-    logits (N, V), targets (N,) -> a scalar."""
-    keep = targets != ignore_index
-    logits, targets = logits[keep], targets[keep]
-    picked = logits.gather(1, targets[:, None]).squeeze(1)
-    return (torch.logsumexp(logits, dim=1) - picked).mean()
+    logits (N, V), targets (N,) -> a scalar. (The reference calls torch's fused kernel: over GPT-2's 50,257-word
+    vocabulary, logsumexp minus the gathered logit made w19's training steps ~1.8x slower; a learner writes it
+    from `logsumexp` and a gather.)"""
+    return F.cross_entropy(logits, targets, ignore_index=ignore_index)
 
 
 @unit(rtol=1e-6, atol=1e-7)

@@ -63,7 +63,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def serve_command(model: str, port: int, serve: ServeSpec, host: str = "127.0.0.1", name: str | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "impl", "serve", "--model", model, "--host", host, "--port", str(port),
            "--backend", serve.backend, "--quantization", serve.quantization, "--dtype", serve.dtype,
-           "--max-batch-size", str(serve.max_batch_size), "--batch-wait-ms", str(serve.batch_wait_ms),
+           "--batching", serve.batching, "--max-batch-size", str(serve.max_batch_size),
+           "--max-queue", str(serve.max_queue), "--batch-wait-ms", str(serve.batch_wait_ms),
            "--max-prompt-tokens", str(serve.max_prompt_tokens), "--max-tokens-limit", str(serve.max_tokens_limit)]
     return cmd + (["--name", name] if name else [])
 
@@ -175,7 +176,8 @@ def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_
 
 
 def server_batches(server: Server) -> dict:
-    """The batching server's own account, from /metrics: how many batches and their mean size."""
+    """The batching server's own account, from /metrics: static batches and their mean size, tokens made and how
+    many requests were being generated beside each (continuous batching has no batches to count)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     status, text = server.get("/metrics")
@@ -184,5 +186,7 @@ def server_batches(server: Server) -> dict:
     samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels
                or "le" not in s.labels}
     count, total = samples.get("llm_batch_size_count", 0), samples.get("llm_batch_size_sum", 0)
+    tokens, beside = (samples.get(f"llm_running_requests_per_token_{k}", 0) for k in ("count", "sum"))
     return {"batches": int(count), "mean_batch_size": total / count if count else math.nan,
-            "generated_tokens": samples.get("llm_generated_tokens_total", math.nan)}
+            "generated_tokens": samples.get("llm_generated_tokens_total", math.nan),
+            "mean_running_per_token": beside / tokens if tokens else math.nan}

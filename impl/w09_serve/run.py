@@ -66,7 +66,7 @@ def _one_load(spec: W09Spec, serve, model: str, out_dir: Path) -> dict:
     with load_test.running_server(model, serve, out_dir / "server.log", api_key=key, name="w09") as server:
         result = load_test.run_locust(server.url, spec.load, prompts, out_dir, api_key=key, model_name="w09")
         result.update(load_test.server_batches(server))
-    result.update({"backend": serve.backend, "served_quantization": serve.quantization, "dtype": serve.dtype,
-                   "max_batch_size": serve.max_batch_size, "batch_wait_ms": serve.batch_wait_ms,
+    result.update({"backend": serve.backend, "batching": serve.batching, "served_quantization": serve.quantization,
+                   "dtype": serve.dtype, "max_batch_size": serve.max_batch_size, "batch_wait_ms": serve.batch_wait_ms,
                    "ttft": "n/a: requests are not streamed"})
     return result

@@ -1,40 +1,42 @@
-"""An OpenAI-compatible completion server for one model: `/v1/completions`, `/v1/chat/completions`, `/health`
-and Prometheus `/metrics`.
+"""An OpenAI-compatible completion server for one model: `/v1/completions`, `/v1/chat/completions` (both also
+streamed as server-sent events with `"stream": true`), `/v1/models`, `/health` and Prometheus `/metrics`.
 
     python -m impl serve --model artifacts/w07/lora/cpu/<run>/merged            # 127.0.0.1:8000, transformers
     python -m impl serve --model DIR --quantization nf4 --api-key secret --port 8001
+    python -m impl serve --model DIR --batching static --max-batch-size 8        # the comparison: static batches
     python -m impl serve --model mistralai/Mistral-7B-v0.1 --backend vllm --quantization fp8   # GPU, the gpu extra
 
-Backends. `transformers` (CPU or one GPU): a worker thread owns the model and batches requests dynamically:
-it takes the first waiting request, waits up to `--batch-wait-ms` for more (taking at once whatever already
-queued while the previous batch ran), up to `--max-batch-size`, and generates them together, left-padded.
-`vllm` hands the process over to vLLM's own OpenAI server (continuous batching, paged attention) with the same
-host, port, key and limits; it serves the same routes.
+Backends. `transformers` (CPU or one GPU) batches with transformers' own continuous batching by default: a request
+joins the running batch at the next decode step and leaves when it ends, each with its own pages of KV cache;
+`--batching static` runs dynamic batches to their longest answer instead (impl/w09_serve/batching.py). `vllm` hands
+the process over to vLLM's own OpenAI server (continuous batching, paged attention) with the same host, port, key
+and limits; it serves the same routes.
 
 Requests are validated before they reach the model: invalid JSON, missing or mistyped fields, a prompt longer
-than `--max-prompt-tokens`, `max_tokens` above `--max-tokens-limit` get 400 with an OpenAI-style JSON error;
-a missing or wrong key (when `--api-key` or LLM_MILESTONES_API_KEY is set) gets 401; an error inside the model
-gets 500. None of them stops the server. A port already in use is refused before the model loads.
+than `--max-prompt-tokens`, `max_tokens` above `--max-tokens-limit`, parameters this backend does not honour get
+400 with an OpenAI-style JSON error naming them; a missing or wrong key (when `--api-key` or LLM_MILESTONES_API_KEY
+is set) gets 401; more requests in flight than the running batch and `--max-queue` waiting ones get 429 with
+Retry-After; an error inside the model gets 500 (mid-stream: an error event, then the end). None of them stops the
+server. A client that disconnects mid-stream frees its place in the batch at the next step. A port already in use is
+refused before the model loads.
 """
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
+import json
 import os
-import queue
 import socket
 import sys
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 from starlette.requests import Request  # at module level: FastAPI resolves the routes' annotations here
 
 from impl.core.errors import MilestonesError
+from impl.w09_serve.batching import ContinuousBatching, Generated, StaticBatching, Stream
 
 
 class ServeError(MilestonesError):
@@ -45,9 +47,10 @@ class RequestError(Exception):
     """A request the server refuses: the status and the OpenAI-style error body."""
 
     def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+                 code: str | None = None, headers: dict | None = None):
         super().__init__(message)
         self.status, self.body = status, {"error": {"message": message, "type": kind, "param": param, "code": code}}
+        self.headers = headers or {}
 
 
 # --- requests --------------------------------------------------------------------------------------------
@@ -65,7 +68,7 @@ def _unicode(text: str) -> str:
 NOOP_VALUES = {"logprobs": (None, False), "top_logprobs": (None, 0), "echo": (None, False), "best_of": (None, 1),
                "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "stop": (None, []),
                "logit_bias": (None, {}), "seed": (None,), "suffix": (None,), "tools": (None, []),
-               "tool_choice": (None, "none"), "response_format": (None,), "stream_options": (None,)}
+               "tool_choice": (None, "none"), "response_format": (None,)}
 IGNORED = {"user", "metadata", "store"}  # bookkeeping fields with no effect on the answer
 
 
@@ -77,6 +80,7 @@ class _Request(BaseModel):
     top_p: StrictFloat | StrictInt = Field(1.0, gt=0.0, le=1.0)
     n: StrictInt = 1
     stream: StrictBool = False
+    stream_options: dict | None = None  # {"include_usage": true}: a last chunk with the usage, as OpenAI's
     ignore_eos: StrictBool = False  # vLLM's extension: generate exactly max_tokens (fixed-length load tests)
 
 
@@ -108,128 +112,15 @@ class ChatRequest(_Request):
     messages: list[Message] = Field(min_length=1)
 
 
-# --- the batching backend --------------------------------------------------------------------------------
-@dataclass
-class Job:
-    ids: list[int]
-    max_tokens: int
-    temperature: float
-    top_p: float
-    ignore_eos: bool = False
-    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-
-
-@dataclass
-class Generated:
-    ids: list[int]
-    finish_reason: str  # "stop" (end of sequence) or "length" (max_tokens reached)
-
-
-class TransformersBackend:
-    """One model, one worker thread, dynamic batches. `submit` is thread-safe and returns a Future."""
-
-    def __init__(self, model_dir: str, quantization: str = "none", dtype: str = "float32", max_batch_size: int = 8,
-                 batch_wait_ms: float = 10.0):
-        import torch
-
-        from impl.core.hf import load_causal_lm, load_tokenizer
-
-        self.tok = load_tokenizer(model_dir)
-        if self.tok.pad_token is None:
-            self.tok.pad_token = self.tok.eos_token
-        self.tok.padding_side = "left"
-        torch_dtype = torch.float32 if dtype in ("float32", "auto") else getattr(torch, dtype)
-        self.model = load_causal_lm(model_dir, quantization, torch_dtype)
-        self.quantization, self.max_batch_size, self.batch_wait_s = quantization, max_batch_size, batch_wait_ms / 1000
-        eos = self.model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [self.tok.eos_token_id])
-        self.on_batch = lambda size, new_tokens: None  # the app counts batches for /metrics
-        self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._worker = threading.Thread(target=self._loop, name="batcher", daemon=True)
-        self._worker.start()
-
-    def encode(self, prompt: str) -> list[int]:
-        return self.tok(prompt, add_special_tokens=False)["input_ids"]
-
-    def encode_chat(self, messages: list[dict]) -> list[int]:
-        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.encode(text)
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True)
-
-    def submit(self, ids: list[int], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-               ignore_eos: bool = False):
-        job = Job(ids, max_tokens, float(temperature), float(top_p), ignore_eos)
-        self._queue.put(job)
-        return job.future
-
-    def queue_depth(self) -> int:
-        return self._queue.qsize()
-
-    def close(self) -> None:
-        self._queue.put(None)
-
-    def _loop(self) -> None:
-        while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch, deadline = [first], time.monotonic() + self.batch_wait_s
-            while len(batch) < self.max_batch_size:
-                try:
-                    job = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if job is None:
-                    self._queue.put(None)
-                    break
-                batch.append(job)
-            groups: dict[tuple, list[Job]] = {}  # one generate call per sampling setting
-            for job in batch:
-                groups.setdefault((job.temperature, job.top_p, job.ignore_eos), []).append(job)
-            for jobs in groups.values():
-                self._generate(jobs)
-
-    def _generate(self, jobs: list[Job]) -> None:
-        import torch
-
-        try:
-            width = max(len(j.ids) for j in jobs)
-            pad = self.tok.pad_token_id
-            ids = torch.tensor([[pad] * (width - len(j.ids)) + j.ids for j in jobs], device=self.model.device)
-            mask = torch.tensor([[0] * (width - len(j.ids)) + [1] * len(j.ids) for j in jobs], device=self.model.device)
-            temperature, top_p, ignore_eos = jobs[0].temperature, jobs[0].top_p, jobs[0].ignore_eos
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-                {"do_sample": False}
-            longest = max(j.max_tokens for j in jobs)
-            if ignore_eos:
-                sampling["min_new_tokens"] = longest  # end-of-sequence suppressed until then
-            with torch.no_grad():
-                out = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=longest,
-                                          pad_token_id=pad, **sampling)
-            new_tokens = 0
-            for job, row in zip(jobs, out[:, width:].tolist()):
-                row = row[:job.max_tokens]
-                stop = None if ignore_eos else next((i for i, t in enumerate(row) if t in self.eos_ids), None)
-                result = Generated(row[:stop], "stop") if stop is not None else Generated(row, "length")
-                new_tokens += len(result.ids)
-                job.future.set_result(result)
-            self.on_batch(len(jobs), new_tokens)
-        except Exception as e:  # the requests of this batch fail (500); the worker goes on with the next
-            for job in jobs:
-                if not job.future.done():
-                    job.future.set_exception(e)
-
-
 # --- the HTTP app ------------------------------------------------------------------------------------------
 MAX_BODY_BYTES = 4 * 2**20
 
 
 def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_tokens: int = 512,
-               max_tokens_limit: int = 256, max_body_bytes: int = MAX_BODY_BYTES):
+               max_tokens_limit: int = 256, max_body_bytes: int = MAX_BODY_BYTES, max_queue: int = 64):
+    """`max_queue`: requests that may wait beyond the running batch (`backend.max_batch_size`); more get 429."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from starlette.exceptions import HTTPException
 
@@ -242,12 +133,18 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
     prompt_tokens = Counter("llm_prompt_tokens", "prompt tokens of served requests", registry=registry)
     generated_tokens = Counter("llm_generated_tokens", "tokens generated", registry=registry)
     Gauge("llm_queue_depth", "requests waiting for the model", registry=registry).set_function(backend.queue_depth)
+    Gauge("llm_requests_running", "requests whose generation has not ended", registry=registry).set_function(
+        backend.in_flight)
+    running_per_token = Histogram("llm_running_requests_per_token", "requests being generated when a token was made",
+                                  registry=registry, buckets=tuple(range(1, 65)))
 
-    def on_batch(size: int, new_tokens: int) -> None:
-        batch_sizes.observe(size)
-        generated_tokens.inc(new_tokens)
+    def on_tokens(made: int, running: int) -> None:
+        generated_tokens.inc(made)
+        for _ in range(made):
+            running_per_token.observe(running)
 
-    backend.on_batch = on_batch
+    backend.on_tokens, backend.on_batch = on_tokens, batch_sizes.observe
+    capacity = backend.max_batch_size + max_queue
     app = FastAPI(title=f"llm-milestones server: {model_name}")
 
     def error(status: int, message: str, kind: str = "invalid_request_error", **kw) -> JSONResponse:
@@ -270,7 +167,7 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
 
     @app.exception_handler(RequestError)
     async def refused(request, exc: RequestError):
-        return JSONResponse(exc.body, status_code=exc.status)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
@@ -285,8 +182,15 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
         if names:
             raise RequestError(400, f"unsupported parameter(s) {', '.join(names)}: the transformers backend does not "
                                "honour them (vLLM's server does)", param=names[0])
-        if req.stream:
-            raise RequestError(400, "stream=true is not supported by the transformers backend (vLLM's is)", param="stream")
+        if req.stream_options is not None:
+            if not req.stream:
+                raise RequestError(400, "stream_options is only allowed with stream=true", param="stream_options")
+            unknown = sorted(set(req.stream_options) - {"include_usage"})
+            if unknown or not isinstance(req.stream_options.get("include_usage", False), bool):
+                raise RequestError(400, f"stream_options supports only include_usage (true or false); got "
+                                   f"{req.stream_options}", param="stream_options")
+        if req.stream and len(prompts) > 1:
+            raise RequestError(400, "stream=true takes one prompt, not a list", param="prompt")
         if req.n != 1:
             raise RequestError(400, "only n=1 is supported", param="n")
         if req.model not in (None, model_name):
@@ -300,14 +204,61 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
                 raise RequestError(400, f"prompt has {len(ids)} tokens; this server's limit is {max_prompt_tokens}",
                                    param="prompt", code="context_length_exceeded")
 
-    async def run(req: _Request, prompts: list[list[int]]) -> list[Generated]:
+    def submit(req: _Request, prompts: list[list[int]]) -> list[Stream]:
         check(req, prompts)
+        if backend.in_flight() + len(prompts) > capacity:
+            raise RequestError(429, f"the server is at capacity ({backend.max_batch_size} running, {max_queue} "
+                               f"waiting): retry later", "rate_limit_error", code="rate_limit_exceeded",
+                               headers={"Retry-After": "1"})
         prompt_tokens.inc(sum(map(len, prompts)))
-        futures = [backend.submit(ids, req.max_tokens, req.temperature, req.top_p, req.ignore_eos) for ids in prompts]
+        return [backend.submit(ids, req.max_tokens, req.temperature, req.top_p, req.ignore_eos) for ids in prompts]
+
+    async def run(req: _Request, prompts: list[list[int]]) -> list[Generated]:
+        streams = submit(req, prompts)
         try:
-            return await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+            return list(await asyncio.gather(*(s.result() for s in streams)))
+        except asyncio.CancelledError:
+            for s in streams:
+                s.cancel()
+            raise
         except Exception as e:  # the model failed on this request: 500, counted, and the server goes on
             raise RequestError(500, f"generation failed: {e.__class__.__name__}: {e}", "server_error") from e
+
+    def event(data: dict | str) -> str:
+        return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def streamed(req: _Request, prompts: list[list[int]], chunk) -> StreamingResponse:
+        """Server-sent events in OpenAI's chunk format: `chunk(text, finish_reason)` makes each event's body; text
+        goes out as soon as its tokens decode to whole characters; then the usage (when asked) and [DONE]."""
+        stream = submit(req, prompts)[0]
+
+        async def events():
+            sent = ""
+            try:
+                first = chunk(None, None)
+                if first is not None:
+                    yield event(first)
+                async for _ in stream:
+                    text = backend.decode(stream.ids)
+                    if text.endswith("\ufffd") or not text.startswith(sent):
+                        continue  # a character split across tokens: wait for the rest
+                    if len(text) > len(sent):
+                        yield event(chunk(text[len(sent):], None))
+                        sent = text
+                text = backend.decode(stream.ids)
+                yield event(chunk(text[len(sent):] if text.startswith(sent) else "", stream.finish_reason))
+                if (req.stream_options or {}).get("include_usage"):
+                    yield event({**chunk("", None), "choices": [],
+                                 "usage": usage(prompts, [Generated(stream.ids, stream.finish_reason)])})
+            except Exception as e:  # the model failed mid-stream: say so in the stream, then end it
+                yield event(RequestError(500, f"generation failed: {e.__class__.__name__}: {e}",
+                                         "server_error").body)
+            finally:
+                stream.cancel()  # the client went away mid-stream (or nothing: it has ended)
+            yield event("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def usage(prompts, outs) -> dict:
         p, c = sum(map(len, prompts)), sum(len(o.ids) for o in outs)
@@ -348,9 +299,13 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
         req = await parse(request, CompletionRequest)
         texts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         prompts = [backend.encode(t) for t in texts]
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": model_name}
+        if req.stream:
+            return streamed(req, prompts, lambda text, finish: None if text is None else {
+                **head, "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]})
         outs = await run(req, prompts)
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": model_name, "usage": usage(prompts, outs),
+        return {**head, "usage": usage(prompts, outs),
                 "choices": [{"index": i, "text": backend.decode(o.ids), "finish_reason": o.finish_reason,
                              "logprobs": None} for i, o in enumerate(outs)]}
 
@@ -358,9 +313,16 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
     async def chat_completions(request: Request):
         req = await parse(request, ChatRequest)
         prompts = [backend.encode_chat([m.model_dump() for m in req.messages])]
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name}
+        if req.stream:
+            def chunk(text, finish):
+                delta = {"role": "assistant", "content": ""} if text is None else \
+                    {"content": text} if text or finish is None else {}
+                return {**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
+            return streamed(req, prompts, chunk)
         outs = await run(req, prompts)
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-                "model": model_name, "usage": usage(prompts, outs),
+        return {**head, "object": "chat.completion", "usage": usage(prompts, outs),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": backend.decode(outs[0].ids)},
                              "finish_reason": outs[0].finish_reason}]}
 
@@ -380,6 +342,14 @@ def create_app(backend, model_name: str, api_key: str | None = None, max_prompt_
 
 
 # --- the process -----------------------------------------------------------------------------------------
+def transformers_backend(model_dir: str, batching: str = "continuous", quantization: str = "none",
+                         dtype: str = "float32", max_batch_size: int = 8, batch_wait_ms: float = 10.0,
+                         max_prompt_tokens: int = 512, max_tokens_limit: int = 256):
+    if batching == "static":
+        return StaticBatching(model_dir, quantization, dtype, max_batch_size, batch_wait_ms)
+    return ContinuousBatching(model_dir, quantization, dtype, max_batch_size, max_prompt_tokens, max_tokens_limit)
+
+
 def bind(host: str, port: int) -> socket.socket:
     """The listening socket, taken before the model loads, so a busy port fails fast and clearly."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -411,7 +381,8 @@ def vllm_command(model: str, host: str, port: int, name: str, quantization: str,
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, backend: str = "transformers",
           quantization: str = "none", dtype: str = "float32", api_key: str | None = None, max_batch_size: int = 8,
           batch_wait_ms: float = 10.0, max_prompt_tokens: int = 512, max_tokens_limit: int = 256,
-          name: str | None = None, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+          name: str | None = None, max_body_bytes: int = MAX_BODY_BYTES, batching: str = "continuous",
+          max_queue: int = 64) -> None:
     from impl.core.hf import resolve_model
 
     model_dir = resolve_model(model)
@@ -430,11 +401,14 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, backend: str = 
         os.execv(cmd[0], cmd)
     if backend != "transformers":
         raise ServeError(f"unknown backend {backend!r}: transformers | vllm")
+    if batching not in ("continuous", "static"):
+        raise ServeError(f"unknown batching {batching!r}: continuous | static")
     import uvicorn
 
-    engine = TransformersBackend(model_dir, quantization, dtype, max_batch_size, batch_wait_ms)
-    app = create_app(engine, name, api_key, max_prompt_tokens, max_tokens_limit, max_body_bytes)
-    print(f"serving {name} ({quantization}, batches up to {max_batch_size}) on http://{host}:{sock.getsockname()[1]}",
-          flush=True)
+    engine = transformers_backend(model_dir, batching, quantization, dtype, max_batch_size, batch_wait_ms,
+                                  max_prompt_tokens, max_tokens_limit)
+    app = create_app(engine, name, api_key, max_prompt_tokens, max_tokens_limit, max_body_bytes, max_queue)
+    print(f"serving {name} ({quantization}, {batching} batching, up to {max_batch_size} at once, {max_queue} "
+          f"waiting) on http://{host}:{sock.getsockname()[1]}", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     engine.close()

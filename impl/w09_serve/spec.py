@@ -8,7 +8,7 @@
         ppl_data: {source: offline, corpus: [austen], val_fraction: 0.1}
         ppl_tokens: 2048
         ppl_window: 256
-        rouge_examples: 24               # w07's held-out instruction examples, greedy
+        rouge_examples: 8                # w07's held-out instruction examples, greedy
       serve: {backend: transformers, quantization: none, max_batch_size: 8, batch_wait_ms: 10, ...}
       load: {users: 8, spawn_rate: 8, duration_s: 10, max_tokens: 16, prompts: 16}
       targets: {int8_ppl: ..., nf4_ppl: ..., int8_memory: ..., nf4_memory: ..., mean_latency_ms: ...,
@@ -47,7 +47,7 @@ class QuantizeSpec(Strict):
     ppl_data: TextData
     ppl_tokens: int | None = 2048  # the first N held-out tokens (None: all of them)
     ppl_window: int = 256  # non-overlapping windows
-    rouge_examples: int = 24  # the first N of w07's held-out examples, scored with w07's greedy decoding
+    rouge_examples: int = 8  # the first N of w07's held-out examples, scored with w07's greedy decoding
     max_new_tokens: int = 32
     batch_size: int = 8
     # a GPU too small for the unquantised reference (a 7B in bf16 on 12 GB): keep at most this much of it on the
@@ -61,8 +61,12 @@ class ServeSpec(Strict):
     # the weights served: transformers none | int8 | nf4 (bitsandbytes); vllm: its --quantization (fp8, bitsandbytes)
     quantization: str = "none"
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    # transformers: requests join and leave the running batch at each decode step (continuous), or a batch runs
+    # to its longest answer before the next starts (static); vllm batches continuously
+    batching: Literal["continuous", "static"] = "continuous"
     max_batch_size: int = 8  # transformers: requests generated together; vllm: --max-num-seqs
-    batch_wait_ms: float = 10.0  # transformers: how long the first request of a batch waits for company
+    max_queue: int = 64  # requests waiting beyond the running batch; more get 429
+    batch_wait_ms: float = 10.0  # transformers static: how long the first request of a batch waits for company
     max_prompt_tokens: int = 512  # longer prompts get 400
     max_tokens_limit: int = 256  # a larger max_tokens gets 400
     startup_timeout_s: float = 300.0

@@ -55,5 +55,8 @@ class W11Spec(Strict):
     generator: str  # a causal LM with a chat template
     retrieve_k: int = 3
     generate: GenerateSpec = GenerateSpec()
+    # the response time a user sees: the first N sampled questions also go through the chain one at a time,
+    # retrieval and generation timed apart (the scored answers are batched, as every baseline's)
+    timed_questions: int = 8
     examples_in_report: int = 8
     targets: dict[Literal["f1", "recall_at_k"], Target]
