@@ -128,12 +128,17 @@ def test_vllm_gets_the_profiles_settings_and_a_missing_vllm_is_a_clear_error(tin
 
 
 # --- the server's contract -----------------------------------------------------------------------------------
+def _running(model, tmp_path_factory, folder: str, **settings):
+    """`python -m impl serve` with the cpu profile's settings changed by `settings`, as a real process."""
+    serve = CPU.serve.model_copy(update=settings)
+    log = tmp_path_factory.mktemp(folder) / "server.log"
+    return load_test.running_server(model, serve, log, api_key="secret", name="tiny")
+
+
 @pytest.fixture(scope="module")
 def server(tiny_chat_model, tmp_path_factory):
     """The server as users start it: continuous batching (the default)."""
-    serve = CPU.serve.model_copy(update={**FAST_SERVE, "batching": "continuous"})
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with load_test.running_server(tiny_chat_model, serve, log, api_key="secret", name="tiny") as s:
+    with _running(tiny_chat_model, tmp_path_factory, "server", **FAST_SERVE, batching="continuous") as s:
         yield s
 
 
@@ -145,9 +150,7 @@ def long_chat_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def static_server(long_chat_model, tmp_path_factory):
-    serve = CPU.serve.model_copy(update={**LONG_ANSWERS, "batching": "static"})
-    log = tmp_path_factory.mktemp("static") / "server.log"
-    with load_test.running_server(long_chat_model, serve, log, api_key="secret", name="tiny") as s:
+    with _running(long_chat_model, tmp_path_factory, "static", **LONG_ANSWERS, batching="static") as s:
         yield s
 
 
@@ -204,10 +207,8 @@ def test_the_official_openai_client_talks_to_the_server(server):
 @pytest.fixture(scope="module")
 def small_server(long_chat_model, tmp_path_factory):
     """Continuous batching with room for 2 running requests and 1 waiting one: capacity and cancellation."""
-    serve = CPU.serve.model_copy(update={**LONG_ANSWERS, "batching": "continuous", "max_batch_size": 2,
-                                         "max_queue": 1})
-    log = tmp_path_factory.mktemp("small") / "server.log"
-    with load_test.running_server(long_chat_model, serve, log, api_key="secret", name="tiny") as s:
+    with _running(long_chat_model, tmp_path_factory, "small", **LONG_ANSWERS, batching="continuous",
+                  max_batch_size=2, max_queue=1) as s:
         yield s
 
 

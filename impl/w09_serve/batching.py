@@ -115,8 +115,6 @@ def _until_end(ids: list[int], eos_ids: set[int], ignore_eos: bool) -> tuple[lis
 class _Backend:
     """What both ways share: the model and tokenizer, and the requests in flight."""
 
-    kind = ""
-
     def __init__(self, model_dir: str, quantization: str = "none", dtype: str = "float32", max_batch_size: int = 8):
         import torch
 
@@ -178,7 +176,6 @@ class _Backend:
 class ContinuousBatching(_Backend):
     """transformers' continuous-batching manager; see the module's docstring."""
 
-    kind = "continuous"
     PAGE_SIZE = 64  # tokens per page of the paged KV cache
 
     def __init__(self, model_dir: str, quantization: str = "none", dtype: str = "float32", max_batch_size: int = 8,
@@ -290,8 +287,6 @@ class _Job:
 
 class StaticBatching(_Backend):
     """Dynamic batches run to their longest answer; see the module's docstring."""
-
-    kind = "static"
 
     def __init__(self, model_dir: str, quantization: str = "none", dtype: str = "float32", max_batch_size: int = 8,
                  batch_wait_ms: float = 10.0):
