@@ -117,12 +117,14 @@ def w09_quantize(spec, model: str, runs: Runs, sabotage_bits: int | None = None)
     return run.quantization(spec, model, runs, sabotage_bits)
 
 
-def w09_serve_under_load(spec, model: str, out_dir, max_batch_size: int | None = None) -> dict:
-    """`python -m impl serve` on loopback with the profile's settings (or another batch limit) under locust's
-    headless load; mean/p50/p95 latency, requests_per_s, failed_requests, the server's mean batch size."""
+def w09_serve_under_load(spec, model: str, out_dir, serve_as: dict | None = None) -> dict:
+    """`python -m impl serve` on loopback with the profile's settings (changed by `serve_as`, e.g.
+    {"batching": "static"}) under locust's headless load; mean/p50/p95 latency, requests_per_s, failed_requests,
+    time to first token and inter-token latency when streamed, the server's own batch account; the reference
+    (one request at a time) beside it when the protocol names one."""
     from impl.w09_serve import run
 
-    return run.serve_under_load(spec, model, out_dir, max_batch_size)
+    return run.serve_under_load(spec, model, out_dir, serve_as)
 
 
 # --- w11: retrieval-augmented QA with LangChain ------------------------------------------------------------

@@ -255,11 +255,11 @@ class ContinuousBatching(_Backend):
             with self._lock:
                 stream = self._streams.get(out.request_id)
             if stream is None:  # cancelled: the manager may still have made its token for this step
-                self.on_tokens(1, self.in_flight() + 1)
+                self.on_tokens(1, min(self.in_flight() + 1, self.max_batch_size))
                 continue
             tokens = list(out.generated_tokens)
             new, ended = _until_end(tokens[stream.sent:], self.eos_ids, stream.ignore_eos)
-            self.on_tokens(len(tokens) - stream.sent, self.in_flight())
+            self.on_tokens(len(tokens) - stream.sent, self.running())  # those waiting beyond the batch are not
             if out.error:
                 self._forget(stream)
                 stream.fail(BackendError(f"generation failed: {out.error}"))

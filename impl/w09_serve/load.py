@@ -116,20 +116,41 @@ def running_server(model: str, serve: ServeSpec, log: Path, api_key: str | None 
         stop(process)
 
 
+def schedule(load: LoadSpec, prompts: list[str]) -> list[dict]:
+    """The protocol's requests, taken in turn by the users: `load.prompts` of the prompts sampled with
+    `load.seed`, each with its max_tokens (fixed, or drawn uniformly from the protocol's [lo, hi])."""
+    import random
+
+    rng = random.Random(load.seed)
+    lo, hi = load.max_tokens_bounds
+    chosen = rng.sample(prompts, min(load.prompts, len(prompts)))
+    return [{"prompt": p, "max_tokens": rng.randint(lo, hi)} for p in chosen]
+
+
+def _percentiles(values: list[float], enough: bool, prefix: str) -> dict:
+    import numpy as np
+
+    return {f"{prefix}_{k}": float(f(values)) if enough and values else math.nan
+            for k, f in (("mean", np.mean), ("p50", np.median), ("p95", lambda v: np.percentile(v, 95)))}
+
+
 def window_numbers(log: list[dict], duration_s: float, min_successful: int) -> dict:
     """The load test's numbers from its request log, as the protocol states them: latency over successful
     requests only; requests/s = successful requests completed inside the window / the window. Fewer than
     `min_successful` successes leave the latencies NaN (a target never passes NaN), since a mean of nothing,
-    or of two requests, is no latency of a server under load."""
+    or of two requests, is no latency of a server under load. Streamed requests add time to first token and
+    inter-token latency (the time from the first token to the last / the tokens after the first, per request, as
+    vLLM's benchmark's TPOT), output tokens/s and the prompt and answer lengths served."""
     import numpy as np
 
     start = min((r["start"] for r in log), default=0.0)
     end = start + duration_s
-    ok = [r["latency_ms"] for r in log if r["ok"] and r["start"] + r["latency_ms"] / 1000 <= end]
+    done = [r for r in log if r["ok"] and r["start"] + r["latency_ms"] / 1000 <= end]
+    ok = [r["latency_ms"] for r in done]
     failed = [r for r in log if not r["ok"]]
     enough = len(ok) >= min_successful
     pct = (lambda q: float(np.percentile(ok, q))) if enough else (lambda q: math.nan)
-    return {
+    numbers = {
         "requests": len(log), "successful_requests": len(ok), "failed_requests": len(failed),
         "requests_per_s": len(ok) / duration_s,
         "mean_latency_ms": float(np.mean(ok)) if enough else math.nan,
@@ -137,19 +158,37 @@ def window_numbers(log: list[dict], duration_s: float, min_successful: int) -> d
         "max_latency_ms": max(ok) if enough else math.nan, "enough_successful_requests": enough,
         "min_successful_requests": min_successful,
     }
+    streamed = [r for r in done if "ttft_ms" in r]
+    if streamed:
+        tokens = [r for r in streamed if (r.get("completion_tokens") or 0) > 1]
+        numbers.update({
+            **_percentiles([r["ttft_ms"] for r in streamed], enough, "ttft_ms"),
+            **_percentiles([r["decode_ms"] / (r["completion_tokens"] - 1) for r in tokens], enough, "itl_ms"),
+            "output_tokens_per_s": sum(r.get("completion_tokens") or 0 for r in streamed) / duration_s,
+            "prompt_tokens": _spread([r.get("prompt_tokens") for r in streamed]),
+            "completion_tokens": _spread([r.get("completion_tokens") for r in streamed]),
+        })
+    return numbers
+
+
+def _spread(values: list) -> str:
+    import numpy as np
+
+    v = [x for x in values if x is not None]
+    return f"{min(v)}-{max(v)}, median {float(np.median(v)):g}" if v else "n/a"
 
 
 def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_key: str | None = None,
                model_name: str | None = None) -> dict:
     """locust headless with the protocol of `load`; the numbers of its request log over the window."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "prompts.json").write_text(json.dumps(prompts[:load.prompts]))
+    (out_dir / "schedule.json").write_text(json.dumps(schedule(load, prompts), indent=0))
     prefix = out_dir / "locust"
     request_log = out_dir / "requests.jsonl"
     request_log.unlink(missing_ok=True)
-    env = {**os.environ, "W09_PROMPTS": str(out_dir / "prompts.json"), "W09_MAX_TOKENS": str(load.max_tokens),
-           "W09_ENDPOINT": load.endpoint, "W09_API_KEY": api_key or "", "W09_REQUEST_LOG": str(request_log),
-           "W09_IGNORE_EOS": "1" if load.fixed_output_length else "0", "W09_MODEL": model_name or ""}
+    env = {**os.environ, "W09_SCHEDULE": str(out_dir / "schedule.json"), "W09_ENDPOINT": load.endpoint,
+           "W09_API_KEY": api_key or "", "W09_REQUEST_LOG": str(request_log), "W09_MODEL": model_name or "",
+           "W09_IGNORE_EOS": "1" if load.fixed_output_length else "0", "W09_STREAM": "1" if load.stream else "0"}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(load.users),
            "-r", str(load.spawn_rate), "-t", f"{load.duration_s}s", "--host", url, "--csv", str(prefix),
            "--only-summary", "--loglevel", "WARNING"]
@@ -167,12 +206,20 @@ def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_
     return {
         **window_numbers(log, load.duration_s, load.min_successful_requests), "failures": failures,
         "csv": str(prefix.with_name("locust_stats.csv")), "request_log": str(request_log),
-        "protocol": f"locust headless, {load.users} users spawned at {load.spawn_rate:g}/s, {load.duration_s} s, no "
-                    f"think time; {load.endpoint}, {min(load.prompts, len(prompts))} prompts in turn, max_tokens "
-                    f"{load.max_tokens}{' exactly (ignore_eos)' if load.fixed_output_length else ''}, greedy, not "
-                    f"streamed; latency over successful requests, requests/s = successful requests completed in "
-                    f"the {load.duration_s} s window / {load.duration_s} s",
+        "protocol": protocol(load, min(load.prompts, len(prompts))),
     }
+
+
+def protocol(load: LoadSpec, prompts: int) -> str:
+    lo, hi = load.max_tokens_bounds
+    lengths = f"max_tokens {lo}" if lo == hi else f"max_tokens drawn uniformly from [{lo}, {hi}]"
+    ends = " exactly (ignore_eos)" if load.fixed_output_length else ", the model's EOS honoured"
+    timing = ("streamed (SSE): time to first token, inter-token latency = (last token - first) / (tokens - 1)"
+              if load.stream else "not streamed")
+    return (f"locust headless, {load.users} users spawned at {load.spawn_rate:g}/s, {load.duration_s} s, no think "
+            f"time; {load.endpoint}, {prompts} held-out prompts sampled with seed {load.seed} and taken in turn, "
+            f"{lengths}{ends}, greedy, {timing}; latency over successful requests, requests/s = successful requests "
+            f"completed in the {load.duration_s} s window / {load.duration_s} s")
 
 
 def server_batches(server: Server) -> dict:

@@ -1,12 +1,15 @@
-"""The load test's user: OpenAI-style requests back to back, prompts in turn from a JSON file.
+"""The load test's user: OpenAI-style requests back to back, taken in turn from a JSON schedule of
+{"prompt", "max_tokens"} entries (the suite draws it, seeded: impl/w09_serve/load.py).
 
-    W09_PROMPTS=prompts.json W09_MAX_TOKENS=16 W09_IGNORE_EOS=1 W09_ENDPOINT=/v1/chat/completions W09_API_KEY=... \
+    W09_SCHEDULE=schedule.json W09_IGNORE_EOS=0 W09_STREAM=1 W09_ENDPOINT=/v1/chat/completions W09_API_KEY=... \
         locust -f impl/w09_serve/locustfile.py --headless -u 8 -r 8 -t 10s --host http://127.0.0.1:8000 --csv out
 
-A request counts as failed unless it answers 200 with a JSON body holding one choice with text. With
-W09_REQUEST_LOG set, every finished request is appended there (start time, latency, ok): the suite computes its
-numbers from that log, over successful requests and the stated window, instead of locust's aggregate (which
-averages failed requests in and divides by the time to the last request).
+A request counts as failed unless it answers 200 with one choice with text (streamed: server-sent events in
+OpenAI's chunk format ending with [DONE], no error event). With W09_REQUEST_LOG set, every finished request is
+appended there (start time, latency, ok; streamed: time to first token, the time from the first token to the
+last, and the usage's token counts): the suite computes its numbers from that log, over successful requests and
+the stated window, instead of locust's aggregate (which averages failed requests in and divides by the time to
+the last request).
 """
 import itertools
 import json
@@ -15,13 +18,13 @@ import time
 
 from locust import HttpUser, constant, events, task
 
-PROMPTS = json.loads(open(os.environ["W09_PROMPTS"]).read())
-MAX_TOKENS = int(os.environ.get("W09_MAX_TOKENS", "16"))
+SCHEDULE = json.loads(open(os.environ["W09_SCHEDULE"]).read())
 ENDPOINT = os.environ.get("W09_ENDPOINT", "/v1/chat/completions")
 KEY = os.environ.get("W09_API_KEY")
 MODEL = os.environ.get("W09_MODEL")  # the served model's name (vLLM's server routes by it)
-IGNORE_EOS = os.environ.get("W09_IGNORE_EOS") == "1"  # every answer exactly MAX_TOKENS long
-_next = itertools.cycle(range(len(PROMPTS)))  # shared by the users of this process: every prompt in turn
+IGNORE_EOS = os.environ.get("W09_IGNORE_EOS") == "1"  # every answer exactly max_tokens long
+STREAM = os.environ.get("W09_STREAM") == "1"
+_next = itertools.cycle(range(len(SCHEDULE)))  # shared by the users of this process: every entry in turn
 _log = open(os.environ["W09_REQUEST_LOG"], "a", buffering=1) if os.environ.get("W09_REQUEST_LOG") else None
 
 
@@ -34,9 +37,47 @@ def _fresh_clock(environment, **kwargs):
     gevent.get_hub().loop.update_now()
 
 
-def _record(start: float, ok: bool, why: str = "") -> None:
+def _record(start: float, ok: bool, why: str = "", **streamed) -> None:
     if _log:
-        _log.write(json.dumps({"start": start, "latency_ms": (time.time() - start) * 1000, "ok": ok, "why": why}) + "\n")
+        _log.write(json.dumps({"start": start, "latency_ms": (time.time() - start) * 1000, "ok": ok, "why": why,
+                               **streamed}) + "\n")
+
+
+def _text(choice: dict) -> str | None:
+    """The text of a choice, a chat message or a streamed chunk's delta (None: there is none)."""
+    if "message" in choice:
+        return choice["message"].get("content")
+    if "delta" in choice:
+        return choice["delta"].get("content")
+    return choice.get("text")
+
+
+def _read_stream(r, start: float) -> tuple[str, dict]:
+    """(why it failed or "", what the log records) of a server-sent-event response: the first and last chunk
+    carrying text, their count and the usage chunk's token counts."""
+    first = last = None
+    chunks, usage, done = 0, {}, False
+    for line in r.iter_lines(decode_unicode=True):
+        if not line or not line.startswith("data: "):
+            continue
+        data = line[len("data: "):]
+        if data == "[DONE]":
+            done = True
+            break
+        event = json.loads(data)
+        if "error" in event:
+            return f"error event: {event['error'].get('message', '')[:200]}", {}
+        usage = event.get("usage") or usage
+        if any(_text(c) for c in event.get("choices", [])):
+            last = time.time()
+            first = first or last
+            chunks += 1
+    if not done:
+        return "the stream ended without [DONE]", {}
+    if first is None:
+        return "no text in the stream", {}
+    return "", {"ttft_ms": (first - start) * 1000, "decode_ms": (last - first) * 1000, "text_chunks": chunks,
+                "prompt_tokens": usage.get("prompt_tokens"), "completion_tokens": usage.get("completion_tokens")}
 
 
 class Client(HttpUser):
@@ -44,31 +85,35 @@ class Client(HttpUser):
 
     @task
     def complete(self):
-        prompt = PROMPTS[next(_next)]
-        body = {"max_tokens": MAX_TOKENS, "temperature": 0}
+        entry = SCHEDULE[next(_next)]
+        body = {"max_tokens": entry["max_tokens"], "temperature": 0}
         if MODEL:
             body["model"] = MODEL
         if IGNORE_EOS:
             body["ignore_eos"] = True
+        if STREAM:
+            body.update(stream=True, stream_options={"include_usage": True})
         if ENDPOINT.endswith("/chat/completions"):
-            body["messages"] = [{"role": "user", "content": prompt}]
+            body["messages"] = [{"role": "user", "content": entry["prompt"]}]
         else:
-            body["prompt"] = prompt
+            body["prompt"] = entry["prompt"]
         headers = {"Authorization": f"Bearer {KEY}"} if KEY else {}
         start = time.time()
-        with self.client.post(ENDPOINT, json=body, headers=headers, name=ENDPOINT, catch_response=True) as r:
-            why = ""
-            if r.status_code != 200:
-                why = f"HTTP {r.status_code}: {r.text[:200]}"
-            else:
-                try:
-                    choice = r.json()["choices"][0]
-                    text = choice["message"]["content"] if "message" in choice else choice["text"]
-                    if not isinstance(text, str):
-                        why = "choice without text"
-                except (ValueError, KeyError, IndexError, TypeError):
-                    why = f"not an OpenAI completion: {r.text[:200]}"
-            _record(start, not why, why)
+        with self.client.post(ENDPOINT, json=body, headers=headers, name=ENDPOINT, catch_response=True,
+                              stream=STREAM) as r:
+            why, streamed = "", {}
+            try:
+                if r.status_code != 200:
+                    why = f"HTTP {r.status_code}: {r.text[:200]}"
+                elif STREAM:
+                    why, streamed = _read_stream(r, start)
+                elif not isinstance(_text(r.json()["choices"][0]), str):
+                    why = "choice without text"
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+                why = f"not an OpenAI completion: {e.__class__.__name__}: {e}"[:300]
+            except OSError as e:  # the connection broke mid-stream
+                why = f"{e.__class__.__name__}: {e}"[:300]
+            _record(start, not why, why, **streamed)
             if why:
                 r.failure(why)
             else:

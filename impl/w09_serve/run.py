@@ -48,16 +48,33 @@ def quantization(spec: W09Spec, model: str, runs: Runs, sabotage_bits: int | Non
                         sabotage_bits)
 
 
-def serve_under_load(spec: W09Spec, model: str, out_dir: Path, max_batch_size: int | None = None) -> dict:
-    """Start the server with the profile's settings (or another batch limit), put the load on it, stop it; then,
-    when the protocol names a reference, the same for the same server taking one request at a time."""
-    serve = spec.serve.model_copy(update={"max_batch_size": max_batch_size}) if max_batch_size else spec.serve
-    result = _one_load(spec, serve, model, out_dir)
+ONE_AT_A_TIME = {"batching": "static", "max_batch_size": 1}  # the reference: plain generate, request after request
+
+_loads: dict[str, dict] = {}  # one load test per (model, server settings, protocol) in this process
+
+
+def serve_under_load(spec: W09Spec, model: str, out_dir: Path, serve_as: dict | None = None) -> dict:
+    """Start the server with the profile's settings (changed by `serve_as`, e.g. {"batching": "static"}), put the
+    load on it, stop it; then, when the protocol names a reference, the same for the model served one request at
+    a time. A configuration already loaded in this process is not loaded again (the timing checks, their twins
+    and the benchmark share one reference, measured beside them on the same cores)."""
+    serve = spec.serve.model_copy(update=serve_as or {})
+    result = dict(_load_once(spec, serve, model, out_dir))
     if spec.load.reference == "one_at_a_time":
-        result["reference"] = _one_load(spec, spec.serve.model_copy(update={"max_batch_size": 1}), model,
-                                        out_dir / "one_at_a_time")
+        result["reference"] = _load_once(spec, spec.serve.model_copy(update=ONE_AT_A_TIME), model,
+                                         out_dir / "one_at_a_time")
+    out_dir.mkdir(parents=True, exist_ok=True)  # a load measured before wrote its files elsewhere
     write_json(out_dir / "load.json", result)
     return result
+
+
+def _load_once(spec: W09Spec, serve, model: str, out_dir: Path) -> dict:
+    import json
+
+    key = json.dumps([model, serve.model_dump(), spec.load.model_dump(), [e.id for e in held_out(spec).eval]])
+    if key not in _loads:
+        _loads[key] = _one_load(spec, serve, model, out_dir)
+    return _loads[key]
 
 
 def _one_load(spec: W09Spec, serve, model: str, out_dir: Path) -> dict:
@@ -67,6 +84,5 @@ def _one_load(spec: W09Spec, serve, model: str, out_dir: Path) -> dict:
         result = load_test.run_locust(server.url, spec.load, prompts, out_dir, api_key=key, model_name="w09")
         result.update(load_test.server_batches(server))
     result.update({"backend": serve.backend, "batching": serve.batching, "served_quantization": serve.quantization,
-                   "dtype": serve.dtype, "max_batch_size": serve.max_batch_size, "batch_wait_ms": serve.batch_wait_ms,
-                   "ttft": "n/a: requests are not streamed"})
+                   "dtype": serve.dtype, "max_batch_size": serve.max_batch_size, "batch_wait_ms": serve.batch_wait_ms})
     return result

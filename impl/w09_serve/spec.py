@@ -10,7 +10,7 @@
         ppl_window: 256
         rouge_examples: 8                # w07's held-out instruction examples, greedy
       serve: {backend: transformers, quantization: none, max_batch_size: 8, batch_wait_ms: 10, ...}
-      load: {users: 8, spawn_rate: 8, duration_s: 10, max_tokens: 16, prompts: 16}
+      load: {users: 8, duration_s: 20, max_tokens: [8, 64], fixed_output_length: false, stream: true, prompts: 24}
       targets: {int8_ppl: ..., nf4_ppl: ..., int8_memory: ..., nf4_memory: ..., mean_latency_ms: ...,
                 requests_per_s: ..., failed_requests: ...}
 """
@@ -79,20 +79,34 @@ class ServeSpec(Strict):
 
 
 class LoadSpec(Strict):
-    """The load protocol: locust headless, every user sending chat completions back to back (no think time),
-    prompts taken in turn from the first `prompts` of w07's held-out examples."""
+    """The load protocol: locust headless, every user sending requests back to back (no think time), taken in
+    turn from a schedule of `prompts` entries: w07's held-out instructions sampled with `seed` (their lengths are
+    the prompt-length distribution), each with its max_tokens (fixed, or drawn uniformly from [lo, hi] with the
+    same seed)."""
     users: int = 8
     spawn_rate: float = 8.0
     duration_s: int = 10
-    max_tokens: int = 16
-    fixed_output_length: bool = True  # ignore_eos: every answer max_tokens long, whatever the model would say
+    max_tokens: int | tuple[int, int] = 16
+    fixed_output_length: bool = True  # ignore_eos: every answer max_tokens long; false: the model's EOS ends it
+    stream: bool = False  # server-sent events: time to first token and inter-token latency are measured
     prompts: int = 16
+    seed: int = 0
     endpoint: Literal["/v1/chat/completions", "/v1/completions"] = "/v1/chat/completions"
     # fewer successful requests than this inside the window: no latency is reported (NaN fails every target)
     min_successful_requests: int = 8
     # a reference measured in the same run on the same cores, for targets relative to it (cpu: a machine 15%
-    # slower must not fail a correct server): the same server taking one request at a time
+    # slower must not fail a correct server): the same model served one request at a time
     reference: Literal["none", "one_at_a_time"] = "none"
+
+    @model_validator(mode="after")
+    def _range(self):
+        if isinstance(self.max_tokens, tuple) and not 1 <= self.max_tokens[0] <= self.max_tokens[1]:
+            raise ValueError(f"max_tokens [lo, hi] needs 1 <= lo <= hi; got {list(self.max_tokens)}")
+        return self
+
+    @property
+    def max_tokens_bounds(self) -> tuple[int, int]:
+        return self.max_tokens if isinstance(self.max_tokens, tuple) else (self.max_tokens, self.max_tokens)
 
 
 class W09Spec(Strict):
@@ -105,8 +119,8 @@ class W09Spec(Strict):
 
     @model_validator(mode="after")
     def _load_fits_the_server(self):
-        if self.load.max_tokens > self.serve.max_tokens_limit:
-            raise ValueError(f"load.max_tokens {self.load.max_tokens} exceeds serve.max_tokens_limit "
+        if self.load.max_tokens_bounds[1] > self.serve.max_tokens_limit:
+            raise ValueError(f"load.max_tokens {self.load.max_tokens_bounds[1]} exceeds serve.max_tokens_limit "
                              f"{self.serve.max_tokens_limit}: every request of the load test would be refused")
         for name, target in self.targets.items():
             if "one_at_a_time" in target.baselines and self.load.reference != "one_at_a_time":
