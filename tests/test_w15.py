@@ -34,7 +34,7 @@ def replaced(spec, **fields):
 
 def pretrained_only(spec, **more):
     """The cpu protocol (its 5 tasks, its limit) with the pretrained model only: no w01/w07 runs needed."""
-    targets = {k: v for k, v in spec.model_dump()["targets"].items() if k != "protocol_acc_diff"}
+    targets = {k: v for k, v in spec.model_dump()["targets"].items() if k != "protocol_items_differing"}
     return replaced(spec, models={spec.pretrained: spec.models[spec.pretrained]}, control=None, protocol_check=None,
                     targets=targets, **more)
 
@@ -81,12 +81,12 @@ def test_recomputed_accuracy_matches_the_harness_and_another_scoring_rule_does_n
                     protocol_check={"task": task, "model": "tiny"})
     r = adapters.w15_evaluate(spec, CPU_PROFILE, runs)
     p = r.metrics["protocol"]
-    target = CPU.targets["protocol_acc_diff"]
-    assert target.passes(p["acc_abs_diff"]) and p["prompt_mismatches"] == 0 and p["items_with_other_prediction"] == 0
+    target = CPU.targets["protocol_items_differing"]
+    assert target.passes(p["share_with_other_prediction"]) and p["prompt_mismatches"] == 0 and p["acc_abs_diff"] == 0
     assert p["max_loglikelihood_abs_diff"] < 1e-3
     twin = run.protocol_check(spec, r.metrics["models"]["tiny"], spec.protocol_check, r.run_dir,
                               p["harness_acc"], normalise=True)
-    assert not target.passes(twin["acc_abs_diff"]), twin
+    assert not target.passes(twin["share_with_other_prediction"]), twin
 
 
 # --- the gpu1 path, shrunk -----------------------------------------------------------------------------------------
@@ -136,7 +136,8 @@ def test_gpu1_path_harness_tasks_from_an_include_path_bf16_and_the_leaderboard_c
     assert m["cells_missing"] == [] and m["scores"][lead]["tiny_arc"]["n_shot"] == 2
     # a random tiny model in bf16 puts choices within bf16 rounding of each other: one-at-a-time vs padded batches
     # may flip a near tie (the cpu form, fp32, is exact); the path runs, the numbers are compared item by item
-    assert m["protocol"]["items"] == 5 and m["protocol"]["acc_abs_diff"] <= 0.2 + 1e-9
+    assert m["protocol"]["items"] == 5 and m["protocol"]["items_with_other_prediction"] <= 1
+    assert "prompts taken from the harness's log" in m["protocol"]["recomputed"]
     assert set(m["leaderboard"]["tasks"]) == {"tiny_arc", "tiny_gsm"}
     assert m["leaderboard"]["max_abs_diff"] == max(d["abs_diff"] for d in m["leaderboard"]["tasks"].values())
     raw = json.loads((r.run_dir / "results" / f"{lead}.json").read_text())
@@ -209,3 +210,57 @@ def test_the_scorecard_draws_a_grouped_bar_chart_of_the_scores():
 
     svg = bars_svg({"extra": {"scores by model": {"a": {"t1": 0.5, "t2": 0.25}, "b": {"t1": 0.75, "t2": None}}}})
     assert svg.count("<rect") == 3 + 2 and "t2" in svg and ">b<" in svg  # 3 bars + 2 legend boxes
+
+
+# --- the scores as the gpu1 comparison reads them ----------------------------------------------------------------
+def _raw(values: dict, stderr: float = 0.01, group_value: float | None = None) -> dict:
+    """A harness result of mmlu's shape: mmlu -> two subgroups -> subjects, each subject with its value."""
+    results = {s: {"acc,none": v, "acc_stderr,none": stderr} for s, v in values.items()}
+    if group_value is not None:
+        results["mmlu"] = {"acc,none": group_value, "acc_stderr,none": stderr}
+    subjects = sorted(values)
+    half = len(subjects) // 2
+    return {"results": results, "n-shot": {"mmlu": 5},
+            "group_subtasks": {"mmlu": ["mmlu_stem", "mmlu_other"], "mmlu_stem": subjects[:half],
+                               "mmlu_other": subjects[half:]},
+            "n-samples": {s: {"effective": 100} for s in subjects}}
+
+
+def test_mmlu_is_the_plain_mean_of_its_subjects_not_the_harness_size_weighted_group():
+    mmlu = next(t for t in GPU1.tasks.list if t.name == "mmlu")
+    assert mmlu.aggregate == "subtask_mean"
+    spec = replaced(GPU1, tasks={"source": "harness", "list": [mmlu.model_dump()]},
+                    models={m: "x" for m in GPU1.models}, protocol_check={"task": "mmlu", "model": GPU1.leaderboard_model})
+    # the harness's group weights subjects by size: 0.70 here; the leaderboard's plain mean is 0.50
+    raw = _raw({"mmlu_a": 0.2, "mmlu_b": 0.4, "mmlu_c": 0.6, "mmlu_d": 0.8}, group_value=0.70)
+    cell = run.score_table(spec, {m: raw for m in spec.models})[spec.leaderboard_model]["mmlu"]
+    assert cell["value"] == pytest.approx(0.5) and cell["subtasks"] == 4 and cell["n"] == 400
+    assert cell["stderr"] == pytest.approx(0.01 / 2)  # sqrt(4 x 0.01^2) / 4
+    harness_group = replaced(spec, tasks={"source": "harness", "list": [{**mmlu.model_dump(), "aggregate": "harness"}]})
+    assert run.score_table(harness_group, {m: raw for m in spec.models})[spec.leaderboard_model]["mmlu"]["value"] == 0.70
+
+
+def test_a_nan_cell_is_missing_and_fails_the_missing_cells_and_leaderboard_gates():
+    mmlu = next(t for t in GPU1.tasks.list if t.name == "mmlu")
+    arc = next(t for t in GPU1.tasks.list if t.name != "mmlu" and GPU1.leaderboard_model in t.published)
+    spec = replaced(GPU1, tasks={"source": "harness", "list": [mmlu.model_dump(), arc.model_dump()]},
+                    models={m: "x" for m in GPU1.models}, protocol_check={"task": "mmlu", "model": GPU1.leaderboard_model})
+    lead = spec.leaderboard_model
+    good = {**_raw({"mmlu_a": 0.6, "mmlu_b": 0.7})}
+    good["results"][arc.name] = {f"{arc.metric},{arc.filter}": arc.published[lead] / 100,
+                                 f"{arc.metric}_stderr,{arc.filter}": 0.01}
+    scores = run.score_table(spec, {m: good for m in spec.models})
+    assert run.missing_cells(spec, scores) == [] and run.leaderboard(spec, scores)["max_abs_diff"] == pytest.approx(
+        abs(65 - mmlu.published[lead]))
+    for broken in ("task", "subject"):  # NaN in a task's own cell, or in one subject of the mean
+        bad = json.loads(json.dumps(good))
+        if broken == "task":
+            bad["results"][arc.name][f"{arc.metric},{arc.filter}"] = float("nan")
+        else:
+            bad["results"]["mmlu_b"]["acc,none"] = "NaN"
+        scores = run.score_table(spec, {m: bad for m in spec.models})
+        missing = run.missing_cells(spec, scores)
+        assert f"{lead} x {arc.name if broken == 'task' else 'mmlu'}" in missing
+        assert not GPU1.targets["report_cells_missing"].passes(len(missing))
+        worst = run.leaderboard(spec, scores)["max_abs_diff"]
+        assert worst != worst and not GPU1.targets["leaderboard_max_abs_diff"].passes(worst), worst

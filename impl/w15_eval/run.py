@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -234,24 +235,52 @@ def harness_results(lm, spec: W15Spec, tm, keep_samples: str | None = None, run_
 
 
 def score_table(spec: W15Spec, raw: dict) -> dict:
-    """model -> task -> {value, stderr, metric, n_shot, n}; a cell the harness did not report has value None."""
+    """model -> task -> {value, stderr, metric, n_shot, n}; a cell the harness did not report (or reported as NaN)
+    has value None. A group task with `aggregate: subtask_mean` is the plain mean of its subjects' values (stderr:
+    the root of the summed squared stderrs over their count), whatever weighting the harness's group uses."""
     table = {}
     for name, r in raw.items():
         table[name] = {}
         for t in spec.tasks.list:
+            n_shot = r.get("n-shot", {}).get(t.name, t.num_fewshot)
+            if t.aggregate == "subtask_mean":
+                table[name][t.name] = {**_subtask_mean(r, t), "metric": t.metric, "n_shot": n_shot}
+                continue
             res = r.get("results", {}).get(t.name, {})
             value, stderr = res.get(f"{t.metric},{t.filter}"), res.get(f"{t.metric}_stderr,{t.filter}")
             n = r.get("n-samples", {}).get(t.name, {}).get("effective")
             table[name][t.name] = {"value": _num(value), "stderr": _num(stderr), "metric": t.metric,
-                                   "n_shot": r.get("n-shot", {}).get(t.name, t.num_fewshot), "n": n}
+                                   "n_shot": n_shot, "n": n}
     return table
 
 
+def leaf_subtasks(raw: dict, group: str) -> list[str]:
+    """The tasks under `group` in the harness's `group_subtasks`, through its subgroups (mmlu -> mmlu_stem -> ...)."""
+    subtasks = raw.get("group_subtasks", {})
+    if group not in subtasks:
+        return []
+    return [leaf for sub in subtasks[group] for leaf in (leaf_subtasks(raw, sub) if sub in subtasks else [sub])]
+
+
+def _subtask_mean(raw: dict, t) -> dict:
+    leaves = leaf_subtasks(raw, t.name)
+    cells = [(_num(raw.get("results", {}).get(s, {}).get(f"{t.metric},{t.filter}")),
+              _num(raw.get("results", {}).get(s, {}).get(f"{t.metric}_stderr,{t.filter}"))) for s in leaves]
+    if not cells or any(v is None for v, _ in cells):  # no subjects, or one missing: the cell is missing
+        return {"value": None, "stderr": None, "n": None, "subtasks": len(leaves)}
+    stderr = None if any(se is None for _, se in cells) else math.sqrt(sum(se * se for _, se in cells)) / len(cells)
+    n = sum(raw.get("n-samples", {}).get(s, {}).get("effective") or 0 for s in leaves) or None
+    return {"value": sum(v for v, _ in cells) / len(cells), "stderr": stderr, "n": n, "subtasks": len(leaves)}
+
+
 def _num(v):
+    """A reported number as a float; None where there is none: absent, "N/A", or NaN (which `max` and `mean` would
+    otherwise drop or spread without a word)."""
     try:
-        return float(v)
+        x = float(v)
     except (TypeError, ValueError):
-        return None  # absent, or "N/A"
+        return None
+    return None if math.isnan(x) else x
 
 
 def averages(scores: dict) -> dict:
@@ -270,11 +299,19 @@ def missing_cells(spec: W15Spec, scores: dict) -> list[str]:
 
 
 def leaderboard(spec: W15Spec, scores: dict) -> dict:
+    """Our scores of the leaderboard model against its published ones, per task with a published number; a task
+    without our score makes the largest difference NaN (which no target passes), never a smaller maximum."""
     m = spec.leaderboard_model
-    diffs = {t.name: {"ours": 100 * scores[m][t.name]["value"], "published": t.published[m],
-                      "abs_diff": abs(100 * scores[m][t.name]["value"] - t.published[m])}
-             for t in spec.tasks.list if m in t.published and scores[m][t.name]["value"] is not None}
-    return {"model": m, "tasks": diffs, "max_abs_diff": max((d["abs_diff"] for d in diffs.values()), default=float("nan"))}
+    diffs = {}
+    for t in spec.tasks.list:
+        if m not in t.published:
+            continue
+        ours = scores[m][t.name]["value"]
+        diffs[t.name] = {"ours": math.nan if ours is None else 100 * ours, "published": t.published[m],
+                         "abs_diff": math.nan if ours is None else abs(100 * ours - t.published[m])}
+    values = [d["abs_diff"] for d in diffs.values()]
+    return {"model": m, "tasks": diffs,
+            "max_abs_diff": math.nan if not values or any(math.isnan(v) for v in values) else max(values)}
 
 
 # --- the protocol check --------------------------------------------------------------------------------------
@@ -283,7 +320,8 @@ def protocol_check(spec: W15Spec, model: dict, pc, run_dir: Path, harness_acc: f
     """The harness's accuracy (`acc`, its reported number) on one task recomputed without it: the same (context, continuation) pairs (from the
     harness's logged requests; for local tasks they must also equal our own rendering of the JSONL), each choice
     scored by our own summed log-probabilities from transformers, argmax against the target (the unit
-    w15.multiple_choice_scores, the harness's multiple-choice metric written out).
+    w15.multiple_choice_scores, the harness's multiple-choice metric written out). Gated: the share of items whose
+    prediction differs from the harness's (two opposite flips leave the accuracy equal, not the predictions).
     `normalise` (the sabotage twin): the mean log-probability per token instead of the sum."""
     import torch
     import torch.nn.functional as F
@@ -334,6 +372,12 @@ def protocol_check(spec: W15Spec, model: dict, pc, run_dir: Path, harness_acc: f
         harness_acc = int(w15.multiple_choice_scores(harness_lls, gold, n_tokens)[0].sum()) / len(samples)
     return {"task": pc.task, "model": pc.model, "items": len(samples), "harness_acc": harness_acc, "our_acc": ours,
             "acc_abs_diff": abs(ours - harness_acc), "items_with_other_prediction": disagree,
+            "share_with_other_prediction": disagree / len(samples),
+            "recomputed": ("scoring recomputed (our log-likelihoods, our argmax); prompts taken from the harness's "
+                           "log and checked against our rendering of the task's JSONL")
+                          if prompt_mismatches is not None else
+                          ("scoring recomputed (our log-likelihoods, our argmax); prompts taken from the harness's "
+                           "log, not rebuilt: the harness's own task formats them"),
             "max_loglikelihood_abs_diff": max_ll_diff, "prompt_mismatches": prompt_mismatches,
             "scoring": "mean log-probability per token (sabotage)" if normalise else "summed log-probability"}
 

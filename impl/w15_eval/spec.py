@@ -11,7 +11,7 @@
       batch_size: 16
       dtype: float32
       protocol_check: {task: bb_general_knowledge, model: smollm2}
-      targets: {avg_acc_margin: ..., report_cells_missing: ..., protocol_acc_diff: ...}
+      targets: {avg_acc_margin: ..., report_cells_missing: ..., protocol_items_differing: ...}
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from impl.core.targets import Target
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"  # one folder per local task, lm-eval style
-TARGETS = Literal["avg_acc_margin", "report_cells_missing", "protocol_acc_diff", "leaderboard_max_abs_diff"]
+TARGETS = Literal["avg_acc_margin", "report_cells_missing", "protocol_items_differing", "leaderboard_max_abs_diff"]
 
 
 class Strict(BaseModel):
@@ -40,6 +40,9 @@ class TaskSpec(Strict):
     metric: str = "acc"  # the metric reported and averaged: acc, acc_norm, exact_match ...
     filter: str = "none"  # lm-eval's filter of that metric: none; gsm8k: strict-match
     published: dict[str, float] = {}  # model name -> a published score in percent, for the leaderboard check
+    # a group task (lm-eval's `mmlu`): the harness's own aggregate (mmlu weights subjects by their size), or the
+    # plain mean over its subjects, as the Open LLM Leaderboard v1 reported MMLU
+    aggregate: Literal["harness", "subtask_mean"] = "harness"
 
 
 class TasksSpec(Strict):
@@ -98,8 +101,8 @@ class W15Spec(Strict):
                 raise ValueError(f"protocol_check.model {self.protocol_check.model!r} is not one of {list(self.models)}")
             if self.protocol_check.task not in names:
                 raise ValueError(f"protocol_check.task {self.protocol_check.task!r} is not one of the tasks {names}")
-        if "protocol_acc_diff" in self.targets and not self.protocol_check:
-            raise ValueError("target protocol_acc_diff needs a protocol_check section")
+        if "protocol_items_differing" in self.targets and not self.protocol_check:
+            raise ValueError("target protocol_items_differing needs a protocol_check section")
         if "leaderboard_max_abs_diff" in self.targets and not self.leaderboard_model:
             raise ValueError("target leaderboard_max_abs_diff needs leaderboard_model")
         return self
