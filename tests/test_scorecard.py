@@ -109,7 +109,10 @@ def _run_checks(tmp_path, body: str, profile: Path = TINY, wait: bool = True):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if wait:
         return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and Python then keeps ignoring it
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def test_an_interrupted_session_still_writes_the_scorecard(tmp_path):

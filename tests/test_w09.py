@@ -115,6 +115,9 @@ def test_gpu1_serving_protocol_runs_here_on_the_transformers_backend(tiny_chat_m
     r = adapters.w09_serve_under_load(spec, tiny_chat_model, tmp_path / "load")
     assert r["requests"] > 0 and r["failed_requests"] == 0 and r["requests_per_s"] > 0
     assert r["generated_tokens"] > 0 and r["mean_running_per_token"] >= 1 and r["batching"] == "continuous"
+    # gpu1's mixed-length protocol: streamed, so time to first token and inter-token latency come from the events
+    assert GPU1.load.stream and not GPU1.load.fixed_output_length and GPU1.load.max_tokens_bounds == (8, 24)
+    assert 0 < r["ttft_ms_p50"] <= r["p50_latency_ms"] and "streamed (SSE)" in r["protocol"]
 
 
 def test_vllm_gets_the_profiles_settings_and_a_missing_vllm_is_a_clear_error(tiny_chat_model):
