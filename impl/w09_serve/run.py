@@ -59,26 +59,26 @@ def serve_under_load(spec: W09Spec, model: str, out_dir: Path, serve_as: dict | 
     a time. A configuration already loaded in this process is not loaded again (the timing checks, their twins
     and the benchmark share one reference, measured beside them on the same cores)."""
     serve = spec.serve.model_copy(update=serve_as or {})
-    result = dict(_load_once(spec, serve, model, out_dir))
+    prompts = [e.prompt()[0]["content"] for e in held_out(spec).eval]
+    result = dict(_load_once(spec, serve, model, prompts, out_dir))
     if spec.load.reference == "one_at_a_time":
-        result["reference"] = _load_once(spec, spec.serve.model_copy(update=ONE_AT_A_TIME), model,
+        result["reference"] = _load_once(spec, spec.serve.model_copy(update=ONE_AT_A_TIME), model, prompts,
                                          out_dir / "one_at_a_time")
     out_dir.mkdir(parents=True, exist_ok=True)  # a load measured before wrote its files elsewhere
     write_json(out_dir / "load.json", result)
     return result
 
 
-def _load_once(spec: W09Spec, serve, model: str, out_dir: Path) -> dict:
+def _load_once(spec: W09Spec, serve, model: str, prompts: list[str], out_dir: Path) -> dict:
     import json
 
-    key = json.dumps([model, serve.model_dump(), spec.load.model_dump(), [e.id for e in held_out(spec).eval]])
+    key = json.dumps([model, serve.model_dump(), spec.load.model_dump(), prompts])
     if key not in _loads:
-        _loads[key] = _one_load(spec, serve, model, out_dir)
+        _loads[key] = _one_load(spec, serve, model, prompts, out_dir)
     return _loads[key]
 
 
-def _one_load(spec: W09Spec, serve, model: str, out_dir: Path) -> dict:
-    prompts = [e.prompt()[0]["content"] for e in held_out(spec).eval]
+def _one_load(spec: W09Spec, serve, model: str, prompts: list[str], out_dir: Path) -> dict:
     key = secrets.token_hex(16)  # the load test authenticates like a client of a protected server
     with load_test.running_server(model, serve, out_dir / "server.log", api_key=key, name="w09") as server:
         result = load_test.run_locust(server.url, spec.load, prompts, out_dir, api_key=key, model_name="w09")

@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 from impl.core.artifacts import RunResult, Runs, environment, write_json
-from impl.core.errors import MilestonesError
 from impl.core.hf import resolve_model
 from impl.core.metrics import load_metric
 from impl.units import w11
