@@ -10,7 +10,7 @@ from impl.core.artifacts import RunResult, Runs
 
 # --- w01: GPT from scratch --------------------------------------------------------------------------------
 def w01_model(vocab_size: int, context: int, n_layer: int, n_head: int, n_embd: int, dropout: float = 0.0):
-    """A decoder-only LM: forward(idx, targets=None) -> (logits, loss)."""
+    """A decoder-only LM: forward(idx) -> (logits, None); forward(idx, targets) -> (None or logits, loss)."""
     from impl.w01_gpt.model import GPT, GPTConfig
 
     return GPT(GPTConfig(vocab_size, context, n_layer, n_head, n_embd, dropout))

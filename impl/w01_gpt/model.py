@@ -6,7 +6,8 @@ compute is w01's units (impl/w01_gpt/units.py, or a learner's through `impl.unit
 
     from impl.w01_gpt.model import GPT, GPTConfig
     model = GPT(GPTConfig(vocab_size=4096, context=128, n_layer=2, n_head=4, n_embd=128))
-    logits, loss = model(idx, targets)
+    logits, _ = model(idx)            # (B, T, V)
+    _, loss = model(idx, targets)     # training: the loss alone (the logits are not formed whole)
 """
 from __future__ import annotations
 
@@ -112,12 +113,13 @@ class GPT(nn.Module):
         T = idx.shape[1]
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} exceeds the model context {self.cfg.context}")
-        logits = w01.gpt_logits(idx, self.wte.weight, self.wpe.weight, list(self.blocks), self.ln_f,
-                                 self.cfg.dropout, self.training)
-        loss = None
-        if targets is not None:
-            loss = w01.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        parts = (idx, self.wte.weight, self.wpe.weight, list(self.blocks), self.ln_f, self.cfg.dropout, self.training)
+        if targets is None:
+            return w01.gpt_logits(*parts), None
+        # training: the loss straight from the last hidden states, the logits never formed whole (see the unit)
+        hidden = w01.gpt_hidden(*parts)
+        return None, w01.lm_head_cross_entropy(hidden.reshape(-1, hidden.size(-1)), self.wte.weight,
+                                               targets.reshape(-1), ignore_index=-1)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

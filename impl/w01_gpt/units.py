@@ -54,15 +54,23 @@ def transformer_block(x: torch.Tensor, ln_1: Layer, attn: Layer, ln_2: Layer, ml
 
 
 @unit(rtol=1e-5, atol=1e-6)
-def gpt_logits(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, blocks: list[Layer], ln_f: Layer,
+def gpt_hidden(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, blocks: list[Layer], ln_f: Layer,
                dropout_p: float = 0.0, training: bool = False) -> torch.Tensor:
-    """idx: (B, T) token ids -> logits (B, T, V): token embedding wte (V, C) plus the position embedding wpe
-    (T_max, C) of positions 0..T-1 (dropout on their sum while training), the blocks in order, the final
-    LayerNorm ln_f, and the output projection tied to the token embedding (logits = x wteᵀ)."""
+    """idx: (B, T) token ids -> the last hidden states (B, T, C): token embedding wte (V, C) plus the position
+    embedding wpe (T_max, C) of positions 0..T-1 (dropout on their sum while training), the blocks in order, then
+    the final LayerNorm ln_f."""
     x = F.dropout(F.embedding(idx, wte) + wpe[:idx.shape[1]], dropout_p, training)
     for block in blocks:
         x = block(x)
-    return F.linear(ln_f(x), wte)
+    return ln_f(x)
+
+
+@unit(rtol=1e-5, atol=1e-6)
+def gpt_logits(idx: torch.Tensor, wte: torch.Tensor, wpe: torch.Tensor, blocks: list[Layer], ln_f: Layer,
+               dropout_p: float = 0.0, training: bool = False) -> torch.Tensor:
+    """idx: (B, T) token ids -> logits (B, T, V): `gpt_hidden`, then the output projection tied to the token
+    embedding (logits = hidden wteᵀ)."""
+    return F.linear(w01.gpt_hidden(idx, wte, wpe, blocks, ln_f, dropout_p, training), wte)
 
 
 @unit(rtol=1e-5, atol=1e-6)
@@ -72,6 +80,54 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     vocabulary, logsumexp minus the gathered logit made w19's training steps ~1.8x slower; a learner writes it
     from `logsumexp` and a gather.)"""
     return F.cross_entropy(logits, targets, ignore_index=ignore_index)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """The loss of `lm_head_cross_entropy`, with its gradient computed block by block in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, ignore_index, rows):
+        keep = targets != ignore_index
+        count = keep.sum().clamp(min=1)
+        safe = torch.where(keep, targets, 0)
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_grad else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, hidden.shape[0], rows):
+            h, t, k = hidden[s:s + rows], safe[s:s + rows], keep[s:s + rows]
+            z = (h @ weight.t()).float()  # under autocast the matmul runs in its dtype, the softmax in fp32
+            peak = z.amax(dim=-1, keepdim=True)
+            picked = z.gather(1, t[:, None]).squeeze(1)
+            z.sub_(peak).exp_()
+            norm = z.sum(dim=-1, keepdim=True)
+            total += ((peak.squeeze(1) + norm.squeeze(1).log() - picked) * k).sum()
+            if need_grad:  # d loss / d logits = (softmax - one hot) / count, for the kept rows
+                z.div_(norm)
+                z[torch.arange(len(t)), t] -= 1
+                z.mul_(k[:, None] / count)
+                grad_hidden[s:s + rows] = (z.to(h.dtype) @ weight.to(h.dtype)).to(hidden.dtype)
+                grad_weight += (z.t().to(h.dtype) @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total / count
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss, (grad_weight * grad_loss).to(ctx.weight_dtype), None, None, None
+
+
+@unit(rtol=1e-5, atol=1e-6)
+def lm_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                          ignore_index: int = -1) -> torch.Tensor:
+    """`cross_entropy(hidden weightᵀ, targets)` and its gradient: hidden (N, C), weight (V, C), targets (N,) -> a
+    scalar. The same number as the two steps, without ever holding the N x V logits: they are formed 64 rows at a
+    time, and each block's gradient is taken while it is there. (Over GPT-2's 50,257 words the logits of 1,024
+    positions are 206 MB, written and read back five times by linear + cross-entropy; block by block a training
+    step of w19's GPT-2 model takes half the time. A learner may write the two steps:
+    `w01.cross_entropy(F.linear(hidden, weight), targets, ignore_index)`.)"""
+    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, 64)
 
 
 @unit(rtol=1e-6, atol=1e-7)

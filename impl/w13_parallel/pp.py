@@ -146,8 +146,10 @@ def pp_process(spec: W13Spec, rank: int, world: int, device: torch.device, sabot
     # 1) one forward and backward on the same batch
     ref_params = dict(ref.named_parameters(remove_duplicate=False))  # includes lm_head.weight (= wte.weight)
     x, y = batch(spec, 0, device)
-    ref_logits, ref_loss = ref(x, y)
+    _, ref_loss = ref(x, y)
     ref_loss.backward()
+    with torch.no_grad():
+        ref_logits = ref(x)[0]
     logits, loss = forward_backward(x, y)
     with torch.no_grad():
         grad_diff = max((q.grad - ref_params[n].grad).abs().max().item() for n, q in stage_mod.named_parameters())

@@ -187,11 +187,12 @@ def tp_process(spec: W13Spec, rank: int, world: int, device: torch.device, sabot
 
     # 1) one forward and backward on the same batch
     x, y = batch(spec, 0, device)
-    ref_logits, ref_loss = ref(x, y)
+    _, ref_loss = ref(x, y)
     ref_loss.backward()
-    logits, loss = tp(x, y)  # every rank ends with the full logits: the LM head is replicated
+    _, loss = tp(x, y)
     loss.backward()
     with torch.no_grad():
+        ref_logits, logits = ref(x)[0], tp(x)[0]  # every rank ends with the full logits: the LM head is replicated
         grad_diff = max((p.grad - shard(n, ref_params[n].grad, rank, world)).abs().max().item()
                         for n, p in tp.named_parameters())
         grad_scale = max(p.grad.abs().max().item() for p in ref.parameters())

@@ -45,6 +45,24 @@ def gpt_without_positions(idx, wte, wpe, blocks, ln_f, dropout_p=0.0, training=F
     return units.catalogue("w01")["gpt_logits"](idx, wte, torch.zeros_like(wpe), blocks, ln_f)
 
 
+def hidden_without_the_final_norm(idx, wte, wpe, blocks, ln_f, dropout_p=0.0, training=False):
+    return units.catalogue("w01")["gpt_hidden"](idx, wte, wpe, blocks, lambda h: h)
+
+
+def lm_head_cross_entropy_as_a_mean_of_block_means(hidden, weight, targets, ignore_index=-1):
+    losses = [F.cross_entropy(F.linear(hidden[s:s + 64], weight), targets[s:s + 64], ignore_index=ignore_index)
+              for s in range(0, len(targets), 64)]
+    return torch.stack(losses).mean()
+
+
+def lm_head_cross_entropy_with_the_head_detached(hidden, weight, targets, ignore_index=-1):
+    return F.cross_entropy(F.linear(hidden, weight.detach()), targets, ignore_index=ignore_index)
+
+
+def lm_head_cross_entropy_in_two_steps(hidden, weight, targets, ignore_index=-1):  # right: passes
+    return units.w01.cross_entropy(F.linear(hidden, weight), targets, ignore_index)
+
+
 def cross_entropy_summed(logits, targets, ignore_index=-1):
     return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
 
@@ -91,7 +109,10 @@ TWINS = [
     ("causal_attention", attention_without_the_scale),
     ("multi_head_self_attention", mha_as_one_head),
     ("transformer_block", block_post_norm),
+    ("gpt_hidden", hidden_without_the_final_norm),
     ("gpt_logits", gpt_without_positions),
+    ("lm_head_cross_entropy", lm_head_cross_entropy_as_a_mean_of_block_means),
+    ("lm_head_cross_entropy", lm_head_cross_entropy_with_the_head_detached),
     ("cross_entropy", cross_entropy_summed),
     ("cross_entropy", cross_entropy_counting_ignored_positions),
     ("adamw_step", adamw_without_bias_correction),
@@ -110,6 +131,30 @@ def test_every_unit_has_a_twin():
 def test_a_plausible_wrong_unit_fails_its_snapshot(name, twin):
     status, why = check.check("w01", name, twin)
     assert status != "pass", f"{twin.__name__} passed the {name} snapshot"
+
+
+def test_the_loss_written_in_two_steps_passes_the_blocked_references_snapshot():
+    assert check.check("w01", "lm_head_cross_entropy", lm_head_cross_entropy_in_two_steps) == ("pass", "")
+
+
+def test_the_blocked_loss_under_bfloat16_autocast_matches_the_two_steps_under_it():
+    """The GPU profiles train under bf16 autocast: the blocks' matmuls run in bf16, their softmax in fp32, as
+    autocast does for linear + cross-entropy."""
+    hidden, weight = torch.randn(300, 32, requires_grad=True), (torch.randn(500, 32) * 0.2).requires_grad_()
+    targets = torch.randint(0, 500, (300,))
+    targets[::7] = -1
+    results = []
+    for fn in (units.catalogue("w01")["lm_head_cross_entropy"], lm_head_cross_entropy_in_two_steps):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = fn(hidden, weight, targets, ignore_index=-1)
+        loss.backward()
+        results.append((loss.detach().float(), hidden.grad, weight.grad))
+        hidden.grad = weight.grad = None
+    (loss_a, gh_a, gw_a), (loss_b, gh_b, gw_b) = results
+    assert gh_a.dtype == hidden.dtype and gw_a.dtype == weight.dtype
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(gh_a, gh_b, rtol=5e-2, atol=2e-4)
+    torch.testing.assert_close(gw_a, gw_b, rtol=5e-2, atol=2e-4)
 
 
 def test_attention_written_from_matmuls_passes_within_the_stated_tolerance():

@@ -43,6 +43,17 @@ def _block(fn):
     return {"out": fn(x, *_sublayers(8))}
 
 
+@case("w01.gpt_hidden")
+def _gpt_hidden(fn):
+    V, C, T_max = 11, 8, 6
+    idx = torch.randint(0, V, (2, 5), generator=_gen(14))
+    wte, wpe = _randn(V, C, seed=15), _randn(T_max, C, seed=16)
+    a, b, c, d = _sublayers(C)
+    blocks = [lambda h: h + a(h), lambda h: h + b(h) * 0.5]
+    ln_f = lambda h: F.layer_norm(h, (C,)) * 1.5 + 0.25  # noqa: E731  (not the identity on a normalised input)
+    return {"out": fn(idx, wte, wpe, blocks, ln_f)}
+
+
 @case("w01.gpt_logits")
 def _gpt(fn):
     V, C, T_max = 11, 8, 6
@@ -60,6 +71,18 @@ def _cross_entropy(fn):
     targets = torch.randint(0, 7, (10,), generator=_gen(18))
     targets[[2, 5]] = -1  # ignored positions
     return {"out": fn(logits, targets, ignore_index=-1)}
+
+
+@case("w01.lm_head_cross_entropy")
+def _lm_head_cross_entropy(fn):
+    # 150 rows: more than one block of the reference's 64, and ignored positions spread unevenly over them
+    hidden, weight = _randn(150, 8, seed=40).requires_grad_(), _randn(37, 8, seed=41, scale=1.5).requires_grad_()
+    targets = torch.randint(0, 37, (150,), generator=_gen(42))
+    targets[:40] = -1
+    targets[[70, 99, 140]] = -1
+    loss = fn(hidden, weight, targets, ignore_index=-1)
+    loss.backward()
+    return {"out": loss.detach(), "grad_hidden": hidden.grad, "grad_weight": weight.grad}
 
 
 @case("w01.adamw_step")
