@@ -185,7 +185,7 @@ def _train_w19(spec, runs, profile):
     for s in m["cleaning"]["report"]["stages"]:
         print(f"{s['stage']}: {s['docs_in']:,} docs in, {s['docs_out']:,} out")
     print(f"bits per byte: ours {m['bpb']['sentencepiece']:.4f} vs GPT-2 BPE {m['bpb']['gpt2_bpe']:.4f} "
-          f"(ratio {m['bpb_ratio']:.3f}); cleaned dataset {m['dataset']['dir']}")
+          f"(per-byte perplexity ratio {m['byte_ppl_ratio']:.3f}); cleaned dataset {m['dataset']['dir']}")
     return r
 
 

@@ -311,8 +311,9 @@ def w01_training_parts():
 def w19_clean(spec, runs: Runs, sabotage: str | None = None) -> RunResult:
     """The raw mix (cpu) or hub documents (gpu1) through the datatrove pipeline into Parquet shards; metrics:
     report (stages with docs in/out and bytes, removed ids and examples per filter), dedup and filters
-    (precision/recall/F1 on the planted labels). `sabotage` "passthrough_dedup" / "passthrough_filters": the
-    twins whose dedup or filters pass everything."""
+    (precision/recall/F1 on the planted labels; detection per similarity band against the LSH curve). `sabotage`
+    (the twins): "passthrough_filters" passes everything, "exact_only_dedup" skips MinHash,
+    "swapped_lsh_bands" runs it with b and r swapped."""
     from impl.w19_data import run
 
     return run.clean_corpus(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), sabotage)
@@ -320,7 +321,8 @@ def w19_clean(spec, runs: Runs, sabotage: str | None = None) -> RunResult:
 
 def w19_tokenizers(spec, runs: Runs, progress: bool = False, sabotage: str | None = None) -> RunResult:
     """Clean (or reuse), train our SentencePiece tokenizer, train the w01 GPT once per tokenizer (ours, GPT-2's
-    BPE); metrics: bpb (per tokenizer), bpb_ratio (ours / GPT-2's), lm (token ppl, loss), tokenizer_stats
+    BPE), each on the same bytes; metrics: bpb (per tokenizer), byte_ppl_ratio (2^(bpb ours - bpb GPT-2's)),
+    bpb_ratio, lm (steps, token ppl, loss), tokenizer_stats
     (fertility, byte_fallback_share), cleaning. `sabotage` "wrong_data_tokenizer": ours trained on junk with a
     384-piece vocabulary (256 of them byte pieces)."""
     from impl.w19_data import run

@@ -19,8 +19,8 @@ from impl.w19_data.tokenizer import TokenizerError
 CPU = load_profile("cpu").milestone("w19")
 GPU1 = load_profile("gpu1").milestone("w19")
 # the cpu protocol (its filters, dedup, tokenizer recipe, model) on a mix small enough for seconds
-SMALL_MIX = {"mails": 20, "gcide": 20, "fortunes": 40, "austen_chapters": 10, "brown_documents": 10,
-             "exact_duplicates": 4, "near_duplicates": 4, "junk": 16}
+SMALL_MIX = {"mails": 20, "gcide": 20, "fortunes": 40, "austen_chapters": 10, "brown_documents": 20,
+             "exact_duplicates": 4, "near_duplicates_per_band": 2, "junk": 16, "unseen_junk": 6}
 
 
 @pytest.fixture
@@ -29,37 +29,47 @@ def runs(tmp_path):
 
 
 # --- the sabotage twins ----------------------------------------------------------------------------------------
-def test_dedup_that_passes_everything_fails_the_planted_duplicates_check(runs):
-    spec = override(CPU, mix=SMALL_MIX)
-    m = adapters.w19_clean(spec, runs, sabotage="passthrough_dedup").metrics
-    target = CPU.targets["dedup_f1"]
-    assert m["dedup"]["groups_scored"] >= 6  # the planted pairs reached dedup
-    assert not target.passes(target.checked_value(m["dedup"]["f1"])), m["dedup"]
-    assert m["report"]["removed_ids"]["minhash_dedup"] == [] and m["report"]["removed_ids"]["exact_dedup"] == []
+def test_exact_only_dedup_fails_the_duplicates_check_and_the_lsh_curve_on_the_profiles_mix(runs):
+    m = adapters.w19_clean(CPU, runs, sabotage="exact_only_dedup").metrics
+    d = m["dedup"]
+    assert d["pairs_scored"] >= 150 and m["report"]["removed_ids"]["minhash_dedup"] == []
+    for name, value in (("dedup_f1", d["f1"]), ("lsh_curve_deviation", d["lsh_curve_deviation"])):
+        target = CPU.targets[name]
+        assert not target.passes(target.checked_value(value)), (name, value, d["bands"])
 
 
-def test_filters_that_pass_everything_fail_the_junk_check(runs):
-    spec = override(CPU, mix=SMALL_MIX)
-    m = adapters.w19_clean(spec, runs, sabotage="passthrough_filters").metrics
+def test_minhash_with_its_bands_and_rows_swapped_fails_the_lsh_curve_on_the_profiles_mix(runs):
+    """8 buckets of 14 hashes instead of 14 of 8: a curve that is steeper and lies further right."""
+    m = adapters.w19_clean(CPU, runs, sabotage="swapped_lsh_bands").metrics
+    d = m["dedup"]
+    assert d["pairs_scored"] >= 150 and m["report"]["removed_ids"]["minhash_dedup"]
+    target = CPU.targets["lsh_curve_deviation"]
+    assert not target.passes(target.checked_value(d["lsh_curve_deviation"])), d["bands"]
+
+
+def test_filters_that_pass_everything_fail_the_junk_check_on_the_profiles_mix(runs):
+    m = adapters.w19_clean(CPU, runs, sabotage="passthrough_filters").metrics
     target = CPU.targets["filter_f1"]
-    assert m["filters"]["junk"] == 16
+    assert m["filters"]["junk"] == CPU.mix.junk + CPU.mix.unseen_junk
     assert not target.passes(target.checked_value(m["filters"]["f1"])), m["filters"]
 
 
-def test_a_tokenizer_trained_on_the_wrong_data_with_a_tiny_vocabulary_fails_the_bpb_gap(runs):
-    """The cpu model, batch and learning rate for fewer steps, on the small mix; ours trained on junk, 384 pieces
+def test_a_tokenizer_trained_on_the_wrong_data_with_a_tiny_vocabulary_fails_the_per_byte_perplexity_ratio(runs):
+    """The cpu model, batch and learning rate on fewer bytes, on the small mix; ours trained on junk, 384 pieces
     (256 of them bytes)."""
-    spec = override(CPU, mix=SMALL_MIX, lm={"train": {"steps": 20}, "eval_bytes": 10000})
+    spec = override(CPU, mix=SMALL_MIX, lm={"train_bytes": 60000, "eval_bytes": 10000})
     m = adapters.w19_tokenizers(spec, runs, sabotage="wrong_data_tokenizer").metrics
-    target = CPU.targets["bpb"]
+    target = CPU.targets["byte_ppl_ratio"]
     assert m["lm"]["sentencepiece"]["vocab_size"] <= 384
-    ratio = target.checked_value(m["bpb"]["sentencepiece"], {"gpt2_bpe": m["bpb"]["gpt2_bpe"]})
-    assert not target.passes(ratio), m["bpb"]
+    assert m["lm"]["sentencepiece"]["steps"] > m["lm"]["gpt2_bpe"]["steps"]  # the same bytes in shorter tokens
+    assert abs(m["lm"]["sentencepiece"]["train_bytes_seen"] / m["lm"]["gpt2_bpe"]["train_bytes_seen"] - 1) < 0.1
+    assert not target.passes(target.checked_value(m["byte_ppl_ratio"])), m["bpb"]
 
 
 def test_models_that_do_not_learn_fail_the_beyond_unigram_check(runs):
     """Learning rate 0: each GPT stays at its initialisation, which knows less than token frequencies."""
-    spec = override(CPU, mix=SMALL_MIX, lm={"train": {"steps": 2, "lr": 0.0, "min_lr": 0.0}, "eval_bytes": 10000})
+    spec = override(CPU, mix=SMALL_MIX, lm={"train": {"lr": 0.0, "min_lr": 0.0}, "train_bytes": 8000,
+                                            "eval_bytes": 10000})
     m = adapters.w19_tokenizers(spec, runs).metrics
     target = CPU.targets["lm_vs_unigram"]
     assert not target.passes(max(m["bpb_vs_unigram"].values())), m["bpb_vs_unigram"]
@@ -93,7 +103,7 @@ def test_a_malformed_warc_record_is_one_clear_error(tmp_path):
 
 
 def test_a_corpus_the_filters_empty_is_one_clear_error_and_nothing_is_written(runs):
-    only_junk = {k: 0 for k in SMALL_MIX} | {"junk": 8}
+    only_junk = {k: 0 for k in SMALL_MIX} | {"junk": 8, "near_duplicate_bands": []}
     spec = override(CPU, mix=only_junk)
     with pytest.raises(W19DataError, match="every one of the 8 documents was removed by the filters"):
         adapters.w19_clean(spec, runs)
@@ -130,15 +140,42 @@ def test_our_tokenizer_is_lossless_splits_digits_and_falls_back_to_bytes(tmp_pat
 
 
 def test_dedup_and_filter_scores_on_the_labelled_set():
-    labels = {"clean": ["a", "b", "c", "d"], "junk": {"j1": "symbols", "j2": "code"},
-              "dup_groups": [["a", "a2"], ["b", "b2"]]}
-    report = {"raw_ids": ["a", "a2", "b", "b2", "c", "d", "j1", "j2"],
-              "dedup_input_ids": ["a", "a2", "b", "b2", "c", "j2"],
-              "removed_ids": {"exact_dedup": ["a"], "minhash_dedup": ["c"]}}
-    d = run.dedup_scores(labels, report)
-    assert (d["tp"], d["fp"], d["fn"]) == (1, 1, 1)  # a's pair lost one (either member counts); b's none; c wrongly
+    def pair(o, c, kind, band=None, jaccard=1.0):
+        return {"original": o, "copy": c, "kind": kind, "band": band, "jaccard": jaccard}
+
+    labels = {"clean": ["a", "b", "c", "d", "e", "f"], "junk": {"j1": "symbols", "j2": "code"},
+              "dup_pairs": [pair("a", "a2", "exact"), pair("b", "b2", "near", 0.95, 0.95),
+                            pair("e", "e2", "near", 0.55, 0.55), pair("f", "f2", "near", 0.55, 0.55)]}
+    report = {"raw_ids": ["a", "a2", "b", "b2", "c", "d", "e", "e2", "f", "f2", "j1", "j2"],
+              "filter_input_ids": ["a", "a2", "b", "b2", "c", "d", "e", "e2", "f", "f2", "j2"],
+              "dedup_input_ids": ["a", "a2", "b", "b2", "c", "e", "e2", "f", "f2", "j2"],
+              "removed_ids": {"gopher_quality": ["d"], "exact_dedup": ["a"], "minhash_dedup": ["c", "e2"]}}
+    d = run.dedup_scores(labels, report, buckets=14, hashes_per_bucket=8)
+    # a's pair lost one (either member counts); b's (above the curve's threshold 0.72) none; c wrongly; the pairs
+    # at 0.55 are below the threshold: in the curve, not in F1
+    assert (d["tp"], d["fp"], d["fn"]) == (1, 1, 1) and d["pairs_scored"] == 4
+    p55 = run.lsh_detection_probability(0.55, 14, 8)
+    assert d["bands"]["0.55"]["rate"] == 0.5 and abs(d["bands"]["0.55"]["expected"] - p55) < 1e-12
+    assert abs(d["lsh_curve_deviation"] - max(0.5 - p55, run.lsh_detection_probability(0.95, 14, 8))) < 1e-12
     f = run.filter_scores(labels, report)
     assert (f["tp"], f["fp"], f["fn"]) == (1, 1, 1) and f["clean_removed"] == ["d"]
+    assert f["junk_removed_by"] == {"extraction": 1}
+
+
+def test_the_planted_near_copies_land_in_their_similarity_bands():
+    """Words replaced at the rate that gives each band's 5-gram Jaccard similarity, measured with datatrove's
+    shingles (what its MinHash step hashes)."""
+    import random
+
+    from impl.core.fixtures import read_documents
+    from impl.w19_data import mix
+
+    mh = pipeline.minhash_config(CPU.pipeline.minhash)
+    text = mix.excerpt(read_documents("brown")[0], 4000)["text"]
+    for band in (0.95, 0.75, 0.55):
+        s = mix.shingle_jaccard(text, mix.near_copy(text, random.Random(0), mix.substitution_rate(band, 5)), mh)
+        assert abs(s - band) < 0.08, (band, s)
+    assert mix.shingle_jaccard(text, text, mh) == 1.0
 
 
 # --- the gpu1 path, shrunk ----------------------------------------------------------------------------------------
@@ -167,14 +204,16 @@ def test_gpu1_path_runs_here_shrunk_on_local_fineweb_and_wikitext_directories(fi
                      pipeline={"tasks": 1, "shard_bytes": 65536},
                      tokenizer={"vocab_size": 400, "input_sentence_size": 0, "max_train_bytes": 200000},
                      lm={"model": {"n_layer": 1, "n_head": 2, "n_embd": 16, "context": 32},
-                         "train": {"steps": 3, "batch_size": 4, "grad_accum": 2, "log_every": 1}, "eval_bytes": 4000})
-    assert GPU1.targets["bpb"].threshold == 1.10 and GPU1.tokenizer.vocab_size == 32000
+                         "train": {"batch_size": 4, "grad_accum": 2, "log_every": 1}, "train_bytes": 1500,
+                         "eval_bytes": 4000})
+    assert GPU1.targets["byte_ppl_ratio"].threshold == 1.10 and GPU1.tokenizer.vocab_size == 32000
     m = adapters.w19_tokenizers(spec, runs).metrics
     stages = {s["stage"]: s for s in m["cleaning"]["report"]["stages"]}
     assert stages["exact dedup"]["docs_in"] > stages["exact dedup"]["docs_out"]  # the repeated documents
     assert m["dataset"]["rows"] == stages["MinHash dedup"]["docs_out"] and m["dataset"]["shards"] >= 1
     assert "wikitext" in m["heldout"] and m["heldout_bytes"] <= 4000
     assert m["bpb"]["sentencepiece"] > 0 and m["bpb"]["gpt2_bpe"] > 0 and m["lm"]["gpt2_bpe"]["vocab_size"] == 50257
+    assert m["byte_ppl_ratio"] == 2 ** (m["bpb"]["sentencepiece"] - m["bpb"]["gpt2_bpe"])
     ds = run.load_dataset(m["dataset"]["dir"])
     assert "text" in ds.column_names and len(ds) == m["dataset"]["rows"]
 

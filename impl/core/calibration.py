@@ -38,7 +38,10 @@ ROOT_DIR = Path(__file__).resolve().parents[2]
 
 
 def no_skill(target: Target) -> float:
-    """The value a run that learned nothing scores against its baselines (an absolute target: 0)."""
+    """The value a run that learned nothing scores against its baselines (an absolute target: 0, unless the
+    target names its own)."""
+    if target.no_skill is not None:
+        return target.no_skill
     return 1.0 if target.baselines and target.compare == "ratio" else 0.0
 
 
@@ -53,9 +56,9 @@ def suggest(target: Target, values: list[float], trivial: dict[str, float] | Non
     worst = target.worst(values)
     z = no_skill(target)
     beats = worst < z if target.direction == "lower" else worst > z
-    if target.baselines and beats:
+    if (target.baselines or target.no_skill is not None) and beats:
         raw = worst + (z - worst) / 3
-        rule = f"two thirds of the worst seed's margin over {z:g} (matching the baseline): {worst:.4g} -> {raw:.4g}"
+        rule = f"two thirds of the worst seed's margin over {z:g} (no skill): {worst:.4g} -> {raw:.4g}"
     else:
         h = target.headroom or DEFAULT_HEADROOM
         away = (lambda v: z + (v - z) * h) if target.direction == "lower" else (lambda v: z + (v - z) / h)
@@ -77,7 +80,9 @@ def suggest(target: Target, values: list[float], trivial: dict[str, float] | Non
     for name, ref in ({} if target.baselines else trivial or {}).items():
         if not (threshold < ref if target.direction == "lower" else threshold > ref):
             return None, f"{rule}; it does not beat the trivial {name} ({ref:.4g}): no threshold"
-        rule += f"; beats the trivial {name} ({ref:.4g}) by a factor of {max(ref, threshold) / min(ref, threshold):.3g}"
+        low, high = sorted((ref, threshold))
+        rule += (f"; beats the trivial {name} ({ref:.4g}) by a factor of {high / low:.3g}" if low > 0 else
+                 f"; beats the trivial {name} ({ref:.4g}) by {high - low:.3g}")
     return threshold, rule
 
 

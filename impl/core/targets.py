@@ -29,6 +29,9 @@ class Target(BaseModel):
     # calibration only (python -m impl calibrate): how far beyond the worst seed a threshold sits when the target
     # is not a margin over a baseline; None: 1.1 (10% drift). Float round-off parity targets use ~20.
     headroom: float | None = None
+    # calibration only: the value of no skill or no difference where it is not 0 and no baseline says it (1 for
+    # a ratio of two things measured in the same run, or a model's loss over its unigram model's); None: 0
+    no_skill: float | None = None
 
     def passes(self, value: float) -> bool:
         if value != value:  # NaN never passes

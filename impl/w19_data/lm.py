@@ -18,14 +18,19 @@ from impl.units import w19
 from impl.w19_data.spec import LMSpec
 
 
-def train_and_score(lm: LMSpec, train_ids: np.ndarray, heldout_ids: np.ndarray, heldout_bytes: int,
+def steps_for_bytes(lm: LMSpec, bytes_per_token: float) -> int:
+    """The steps in which a model whose tokens hold `bytes_per_token` bytes sees `lm.train_bytes` bytes."""
+    return max(1, round(lm.train_bytes / (lm.train.batch_size * lm.model.context * bytes_per_token)))
+
+
+def train_and_score(lm: LMSpec, steps: int, train_ids: np.ndarray, heldout_ids: np.ndarray, heldout_bytes: int,
                     vocab_size: int, run_dir: Path, w01, progress: bool = False) -> dict:
-    """Train w01's GPT (`w01`: its model and training parts, received from the caller) on `train_ids`; return
-    held-out loss (nats/token), token perplexity and bits per byte."""
+    """Train w01's GPT (`w01`: its model and training parts, received from the caller) on `train_ids` for
+    `steps`; return held-out loss (nats/token), token perplexity and bits per byte."""
     from tqdm import tqdm
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    m, t = lm.model, lm.train
+    m, t = lm.model, lm.train.model_copy(update={"steps": steps})
     if t.batch_size % t.grad_accum:
         raise ValueError(f"lm.train.batch_size={t.batch_size} must be a multiple of grad_accum={t.grad_accum}")
     torch.manual_seed(t.seed)

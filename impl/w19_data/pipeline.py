@@ -68,6 +68,15 @@ _text.__annotations__["return"] = str  # ExactDedupConfig reads the hash input t
 # sha1 (64-bit), not datatrove's default xxhash: its xxhash path hands str to xxhash, which since xxhash 4 wants
 # bytes (datatrove's [processing] extra pins xxhash<4; the installed 4.x is kept for the other packages)
 SHA1 = HashConfig(precision=64, hash_fc="sha1")
+SABOTAGES = ("passthrough_filters", "exact_only_dedup", "swapped_lsh_bands")
+
+
+def minhash_config(m):
+    """datatrove's MinhashConfig for a MinhashSpec: the pipeline's and the similarity measurement's."""
+    from datatrove.pipeline.dedup import MinhashConfig
+
+    return MinhashConfig(n_grams=m.n_grams, num_buckets=m.buckets, hashes_per_bucket=m.hashes_per_bucket,
+                         hash_config=SHA1)
 
 
 def read_folder(folder: Path) -> list[dict]:
@@ -100,8 +109,9 @@ def _run(name: str, steps: list, work: Path, tasks: int, workers: int = 1) -> No
 def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | None = None,
         log=print) -> dict:
     """Clean `raw` (warc/*.warc.gz, jsonl/*.jsonl) through `work` into Parquet shards in `out`; return the report.
-    `sabotage` (the twins): "passthrough_dedup" skips both dedup stages, "passthrough_filters" every filter."""
-    from datatrove.pipeline.dedup import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
+    `sabotage` (the twins): "passthrough_filters" skips every filter, "exact_only_dedup" the MinHash stage,
+    "swapped_lsh_bands" runs MinHash with b and r swapped."""
+    from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster,
                                           MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
                                                       ExactFindDedups)
@@ -111,7 +121,7 @@ def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | No
     from datatrove.pipeline.readers import JsonlReader, WarcReader
     from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 
-    if sabotage not in (None, "passthrough_dedup", "passthrough_filters"):
+    if sabotage not in (None, *SABOTAGES):
         raise ValueError(f"unknown sabotage {sabotage!r}")
     t = spec.tasks
     stages = []
@@ -162,22 +172,23 @@ def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | No
                            f"corpus; nothing was written")
 
     # 3. exact dedup, 4. MinHash dedup
-    if sabotage == "passthrough_dedup":
-        shutil.copytree(work / "filtered", work / "deduped")
-        exact_removed, minhash_removed = [], []
+    if sabotage == "swapped_lsh_bands":
+        spec = spec.model_copy(update={"minhash": spec.minhash.model_copy(update={
+            "buckets": spec.minhash.hashes_per_bucket, "hashes_per_bucket": spec.minhash.buckets})})
+    exact = ExactDedupConfig(content_getter=_text, hash_config=SHA1)
+    _run("exact-1", [JsonlReader(str(work / "filtered")), ExactDedupSignature(str(work / "exact/sigs"), exact)],
+         work, t, t)
+    _run("exact-2", [ExactFindDedups(str(work / "exact/sigs"), str(work / "exact/dups"), exact)], work, 1, t)
+    _run("exact-3", [JsonlReader(str(work / "filtered")),
+                     ExactDedupFilter(str(work / "exact/dups"), exact, exclusion_writer=excl("exact_dedup")),
+                     JsonlWriter(str(work / "exact_deduped"))], work, t, t)
+    if sabotage == "exact_only_dedup":
+        shutil.copytree(work / "exact_deduped", work / "deduped")
     else:
-        exact = ExactDedupConfig(content_getter=_text, hash_config=SHA1)
-        _run("exact-1", [JsonlReader(str(work / "filtered")), ExactDedupSignature(str(work / "exact/sigs"), exact)],
-             work, t, t)
-        _run("exact-2", [ExactFindDedups(str(work / "exact/sigs"), str(work / "exact/dups"), exact)], work, 1, t)
-        _run("exact-3", [JsonlReader(str(work / "filtered")),
-                         ExactDedupFilter(str(work / "exact/dups"), exact, exclusion_writer=excl("exact_dedup")),
-                         JsonlWriter(str(work / "exact_deduped"))], work, t, t)
         m = spec.minhash
-        mh = MinhashConfig(n_grams=m.n_grams, num_buckets=m.buckets, hashes_per_bucket=m.hashes_per_bucket,
-                           hash_config=SHA1)
-        _run("minhash-1", [JsonlReader(str(work / "exact_deduped")), MinhashDedupSignature(str(work / "mh/sigs"), mh)],
-             work, t, t)
+        mh = minhash_config(m)
+        _run("minhash-1", [JsonlReader(str(work / "exact_deduped")),
+                           MinhashDedupSignature(str(work / "mh/sigs"), mh)], work, t, t)
         _run("minhash-2", [MinhashDedupBuckets(str(work / "mh/sigs"), str(work / "mh/buckets"), config=mh)],
              work, m.buckets, t)
         _run("minhash-3", [MinhashDedupCluster(str(work / "mh/buckets"), str(work / "mh/remove"), config=mh)],
@@ -185,8 +196,8 @@ def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | No
         _run("minhash-4", [JsonlReader(str(work / "exact_deduped")),
                            MinhashDedupFilter(str(work / "mh/remove"), exclusion_writer=excl("minhash_dedup")),
                            JsonlWriter(str(work / "deduped"))], work, t, t)
-        exact_removed = read_folder(work / "removed/exact_dedup")
-        minhash_removed = read_folder(work / "removed/minhash_dedup")
+    exact_removed = read_folder(work / "removed/exact_dedup")
+    minhash_removed = read_folder(work / "removed/minhash_dedup")
     deduped = read_folder(work / "deduped")
     n = len(filtered)
     stages.append({"stage": "exact dedup", "docs_in": n, "docs_out": n - len(exact_removed),

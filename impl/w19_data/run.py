@@ -23,7 +23,7 @@ from impl.w19_data import lm, mix, pipeline, tokenizer
 from impl.w19_data.pipeline import W19DataError
 from impl.w19_data.spec import W19Spec
 
-SABOTAGES = (None, "passthrough_dedup", "passthrough_filters", "wrong_data_tokenizer")
+SABOTAGES = (None, *pipeline.SABOTAGES, "wrong_data_tokenizer")
 
 
 def prf(tp: int, fp: int, fn: int) -> dict:
@@ -32,25 +32,53 @@ def prf(tp: int, fp: int, fn: int) -> dict:
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "tp": tp, "fp": fp, "fn": fn}
 
 
-def dedup_scores(labels: dict, report: dict) -> dict:
-    """On the labelled documents that reached dedup: a group of an original and its planted copy should lose
-    exactly one member (whichever); any other labelled clean document removed by dedup is a false positive."""
+def lsh_detection_probability(s: float, buckets: int, hashes_per_bucket: int) -> float:
+    """MinHash-LSH's chance that two documents of Jaccard similarity s share at least one of b buckets of r
+    hashes: 1 - (1 - s^r)^b."""
+    return 1 - (1 - s ** hashes_per_bucket) ** buckets
+
+
+def dedup_scores(labels: dict, report: dict, buckets: int, hashes_per_bucket: int) -> dict:
+    """The planted pairs that reached dedup, with both members: detected when dedup removed one of them.
+    Per band of near copies, the detection rate against the LSH curve's expectation (the mean of P(s) over the
+    band's pairs, s each pair's measured Jaccard), and the largest deviation; F1 over the pairs LSH is built to
+    catch (exact copies and near copies above the curve's threshold (1/b)^(1/r)): a detected pair is a true
+    positive, a missed one a false negative, a pair losing both members or any other labelled clean document
+    removed by dedup a false positive."""
     entered = set(report["dedup_input_ids"])
     removed = set(report["removed_ids"]["exact_dedup"]) | set(report["removed_ids"]["minhash_dedup"])
+    threshold = (1 / buckets) ** (1 / hashes_per_bucket)
     tp = fp = fn = 0
-    grouped = set()
-    for group in labels["dup_groups"]:
-        members = [m for m in group if m in entered]
-        grouped.update(group)
-        if len(members) < 2:
+    bands: dict[str, dict] = {}
+    paired = set()
+    for pair in labels["dup_pairs"]:
+        members = (pair["original"], pair["copy"])
+        paired.update(members)
+        if not all(m in entered for m in members):
             continue
-        r = sum(m in removed for m in members)
-        tp += min(r, len(members) - 1)
-        fp += max(0, r - (len(members) - 1))
-        fn += max(0, (len(members) - 1) - r)
-    fp += sum(1 for c in labels["clean"] if c not in grouped and c in entered and c in removed)
-    return {**prf(tp, fp, fn), "groups_scored": sum(len([m for m in g if m in entered]) >= 2
-                                                    for g in labels["dup_groups"])}
+        hit = sum(m in removed for m in members)
+        detected = hit >= 1
+        fp += hit == 2
+        if pair["kind"] == "near":
+            b = bands.setdefault(str(pair["band"]), {"pairs": 0, "detected": 0, "expected": 0.0, "jaccard": []})
+            b["pairs"] += 1
+            b["detected"] += detected
+            b["expected"] += lsh_detection_probability(pair["jaccard"], buckets, hashes_per_bucket)
+            b["jaccard"].append(pair["jaccard"])
+        if pair["kind"] == "exact" or pair["jaccard"] >= threshold:
+            tp += detected
+            fn += not detected
+    fp += sum(1 for c in labels["clean"] if c not in paired and c in entered and c in removed)
+    for b in bands.values():
+        b["rate"] = b["detected"] / b["pairs"]
+        b["expected"] /= b["pairs"]
+        b["jaccard"] = {"min": min(b["jaccard"]), "mean": sum(b["jaccard"]) / len(b["jaccard"]),
+                        "max": max(b["jaccard"])}
+    deviation = max((abs(b["rate"] - b["expected"]) for b in bands.values()), default=float("nan"))
+    return {**prf(tp, fp, fn), "lsh_threshold": threshold, "bands": bands, "lsh_curve_deviation": deviation,
+            "pairs_scored": sum(b["pairs"] for b in bands.values()) + sum(
+                1 for p in labels["dup_pairs"] if p["kind"] == "exact"
+                and p["original"] in entered and p["copy"] in entered)}
 
 
 def filter_scores(labels: dict, report: dict) -> dict:
@@ -65,8 +93,20 @@ def filter_scores(labels: dict, report: dict) -> dict:
         by_kind.setdefault(kind, [0, 0])
         by_kind[kind][0] += j not in survived
         by_kind[kind][1] += 1
+    # which stage removed each planted junk document: extraction (no text left) or the filter that dropped it
+    stage_of = {i: name for name, ids in report["removed_ids"].items() for i in ids}
+    extracted = set(report["filter_input_ids"])
+    by_filter: dict[str, int] = {}
+    for j in junk:
+        if j not in survived:
+            stage = "extraction" if j not in extracted else stage_of.get(j, "?")
+            by_filter[stage] = by_filter.get(stage, 0) + 1
+    unseen = [j for j in junk if labels["junk"][j] in mix.UNSEEN_JUNK_KINDS]
     prevalence = len(junk) / max(1, len(junk) + len(clean))
     return {**prf(tp, fp, len(junk) - tp), "junk": len(junk), "clean": len(clean),
+            "recall_unseen_kinds": sum(j not in survived for j in unseen) / max(1, len(unseen)),
+            "recall_seen_kinds": sum(j not in survived for j in junk if j not in unseen) / max(1, len(junk) - len(unseen)),
+            "junk_removed_by": by_filter,
             "removed_by_kind": {k: f"{a}/{b}" for k, (a, b) in by_kind.items()},
             "clean_removed": [c for c in clean if c not in survived],
             "remove_everything_f1": 2 * prevalence / (1 + prevalence)}
@@ -111,7 +151,7 @@ def clean_corpus(spec: W19Spec, runs: Runs, sabotage: str | None = None, log=pri
     """The cleaned dataset (an artifact of its own, reused by the tokenizer and LM runs): raw input, datatrove
     pipeline, Parquet shards, report. Built in a temporary directory and moved into place when complete."""
     config = {"data": spec.data.model_dump(), "mix": spec.mix.model_dump(), "pipeline": spec.pipeline.model_dump(),
-              "sabotage": sabotage if sabotage in ("passthrough_dedup", "passthrough_filters") else None}
+              "sabotage": sabotage if sabotage in pipeline.SABOTAGES else None}
     run_dir = runs.dir_for(config, name="dataset")
     if (run_dir / "metrics.json").exists():
         return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
@@ -119,16 +159,17 @@ def clean_corpus(spec: W19Spec, runs: Runs, sabotage: str | None = None, log=pri
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if spec.data.source == "offline":
-            labels = mix.build(spec.mix, tmp / "mix")
+            labels = mix.build(spec.mix, tmp / "mix", pipeline.minhash_config(spec.pipeline.minhash))
             description = labels["description"]
         else:
-            labels, description = {"clean": [], "junk": {}, "dup_groups": []}, _hub_documents(spec, tmp / "mix")
+            labels, description = {"clean": [], "junk": {}, "dup_pairs": []}, _hub_documents(spec, tmp / "mix")
         pipeline.validate_raw(tmp / "mix" / "raw")
         report = pipeline.run(tmp / "mix" / "raw", tmp / "work", tmp / "dataset", spec.pipeline, config["sabotage"],
                               log=log)
         shards = sorted((tmp / "dataset").rglob("*.parquet"))
         metrics = {"report": report, "labels": labels, "data": description,
-                   "dedup": dedup_scores(labels, report) if labels["dup_groups"] else None,
+                   "dedup": dedup_scores(labels, report, spec.pipeline.minhash.buckets,
+                                         spec.pipeline.minhash.hashes_per_bucket) if labels["dup_pairs"] else None,
                    "filters": filter_scores(labels, report) if labels["junk"] else None,
                    "shards": [str(p.relative_to(tmp / "dataset")) for p in shards], "sabotage": config["sabotage"]}
         shutil.move(str(tmp / "dataset"), str(run_dir / "dataset"))
@@ -182,14 +223,22 @@ def run(spec: W19Spec, runs: Runs, w01, progress: bool = False, sabotage: str | 
     texts, ids = list(ds["text"]), list(ds["id"])
     if spec.data.source == "offline":
         train = [t for t, i in zip(texts, ids) if not in_val(i, spec.data.heldout_fraction)]
-        heldout_docs = [t for t, i in zip(texts, ids) if in_val(i, spec.data.heldout_fraction)]
+        pool = [t for t, i in zip(texts, ids) if in_val(i, spec.data.heldout_fraction)]
+        random.Random(spec.lm.train.seed).shuffle(pool)  # whole documents, in a seeded order, up to eval_bytes
+        heldout_docs, size = [], 0
+        for doc in pool:
+            if spec.lm.eval_bytes and size >= spec.lm.eval_bytes:
+                break
+            heldout_docs.append(doc)
+            size += len(doc.encode("utf-8")) + 2
         heldout = "\n\n".join(heldout_docs)
-        heldout_origin = (f"held-out cleaned documents ({len(heldout_docs)} of {len(texts)}, sha256 of id, "
-                          f"fraction {spec.data.heldout_fraction})")
+        heldout_origin = (f"{len(heldout_docs)} whole held-out cleaned documents drawn in a seed-{spec.lm.train.seed} "
+                          f"order from the {len(pool)} held out (sha256 of id, fraction {spec.data.heldout_fraction})"
+                          f", {len(heldout.encode('utf-8')):,} bytes")
     else:
         train, (heldout, heldout_origin) = list(texts), _eval_text(spec)
-    if spec.lm.eval_bytes:
-        heldout = heldout.encode("utf-8")[:spec.lm.eval_bytes].decode("utf-8", "ignore")
+        if spec.lm.eval_bytes:
+            heldout = heldout.encode("utf-8")[:spec.lm.eval_bytes].decode("utf-8", "ignore")
     if not train or not heldout.strip():
         raise W19DataError(f"the cleaned corpus leaves no training text ({len(train)} documents) or no held-out "
                            f"text; enlarge the mix or lower heldout_fraction")
@@ -205,16 +254,20 @@ def run(spec: W19Spec, runs: Runs, w01, progress: bool = False, sabotage: str | 
     lm_docs = _cap(train, spec.lm.max_train_bytes)
     train_bytes = sum(len(d.encode("utf-8")) for d in lm_docs)
     heldout_bytes = len(heldout.encode("utf-8"))
-    results, tok_stats = {}, {}
+    results, tok_stats, steps = {}, {}, {}
     for name, enc in encoders.items():
         tok_stats[name] = tokenizer.stats(enc, heldout)
         (run_dir / name).mkdir(exist_ok=True)
         train_ids = _ids(enc, lm_docs)
+        steps[name] = lm.steps_for_bytes(spec.lm, train_bytes / len(train_ids))
         # the end-of-text id in front, as between training documents: every token of the held-out text is then
         # scored, so bits per byte divide by exactly its bytes for both tokenizers
         heldout_ids = np.asarray([enc.eos_id] + list(enc.encode(heldout)), dtype=np.int32)
-        results[name] = lm.train_and_score(spec.lm, train_ids, heldout_ids, heldout_bytes, enc.vocab_size,
-                                           run_dir / name, w01, progress)
+        results[name] = lm.train_and_score(spec.lm, steps[name], train_ids, heldout_ids, heldout_bytes,
+                                           enc.vocab_size, run_dir / name, w01, progress)
+        results[name]["steps"] = steps[name]
+        results[name]["train_bytes_seen"] = round(steps[name] * spec.lm.train.batch_size * spec.lm.model.context
+                                                  * train_bytes / len(train_ids))
         results[name]["vocab_size"] = enc.vocab_size
         results[name]["train_tokens"] = int(len(train_ids))
         log(f"{name}: vocab {enc.vocab_size:,}, bpb {results[name]['bpb']:.4f}, token ppl "
@@ -223,6 +276,8 @@ def run(spec: W19Spec, runs: Runs, w01, progress: bool = False, sabotage: str | 
     metrics = {
         "bpb": {n: r["bpb"] for n, r in results.items()},
         "bpb_ratio": results["sentencepiece"]["bpb"] / results["gpt2_bpe"]["bpb"],
+        # the seed's "perplexity within 10%", per byte so that the two vocabularies share a unit: 2^(bpb difference)
+        "byte_ppl_ratio": 2 ** (results["sentencepiece"]["bpb"] - results["gpt2_bpe"]["bpb"]),
         # each model against the unigram model of its own tokens: a ratio compares tokenizers only when both
         # models learned more than token frequencies
         "bpb_vs_unigram": {n: r["bpb"] / r["unigram_bpb"] for n, r in results.items()},
@@ -234,10 +289,12 @@ def run(spec: W19Spec, runs: Runs, w01, progress: bool = False, sabotage: str | 
                              "model_file": str(sp_model),
                              "sha256": hashlib.sha256(sp_model.read_bytes()).hexdigest()[:16]},
         "held_equal": (f"w01 GPT {spec.lm.model.n_layer}x{spec.lm.model.n_embd} (heads {spec.lm.model.n_head}, "
-                       f"context {spec.lm.model.context}), {spec.lm.train.steps} steps x {spec.lm.train.batch_size} "
-                       f"sequences, lr {spec.lm.train.lr}, seed {spec.lm.train.seed}, the same {train_bytes:,} "
-                       f"training bytes ({len(lm_docs)} cleaned documents) and the same {heldout_bytes:,} held-out "
-                       f"bytes; only the tokenizer (and so the embedding/head size) differs"),
+                       f"context {spec.lm.model.context}), batches of {spec.lm.train.batch_size} sequences, lr "
+                       f"{spec.lm.train.lr}, seed {spec.lm.train.seed}, {spec.lm.train_bytes:,} bytes of training "
+                       f"text seen by each (" + ", ".join(f"{n} {s} steps" for n, s in steps.items()) + f") drawn "
+                       f"from the same {train_bytes:,} bytes ({len(lm_docs)} cleaned documents), the same "
+                       f"{heldout_bytes:,} held-out bytes; only the tokenizer (and so the embedding/head size) "
+                       f"differs"),
         "heldout": heldout_origin, "train_documents": len(lm_docs), "train_bytes": train_bytes,
         "heldout_bytes": heldout_bytes,
         "dataset": {"dir": str(cleaned.run_dir / "dataset"), "shards": len(shards), "rows": len(ds),

@@ -5,8 +5,8 @@
       mix: {mails: 500, gcide: 800, ...}      # offline only: how much of each source, and what is planted
       pipeline: {minhash: {n_grams: 5, buckets: 14, hashes_per_bucket: 8}, ...}
       tokenizer: {vocab_size: 8192, model_type: unigram, byte_fallback: true, split_digits: true, ...}
-      lm: {model: {...}, train: {...}, eval_bytes: 100000}   # the w01 GPT, trained once per tokenizer
-      targets: {dedup_f1: ..., filter_f1: ..., bpb: ...}   # bpb: ours, as a ratio to GPT-2 BPE's
+      lm: {model: {...}, train: {steps: 0, ...}, train_bytes: 1000000, eval_bytes: 100000}   # once per tokenizer
+      targets: {byte_ppl_ratio: ..., dedup_f1: ..., lsh_curve_deviation: ..., filter_f1: ..., lm_vs_unigram: ...}
 """
 from __future__ import annotations
 
@@ -54,9 +54,14 @@ class MixSpec(Strict):
     fortunes: int = 600  # fortune cookies (with their real duplicates)
     austen_chapters: int = 60  # clean long-form text (labelled clean); a third wrapped in HTML boilerplate
     brown_documents: int = 60
+    clean_max_chars: int = 0  # each clean document's opening paragraphs up to this many characters (0: whole)
     exact_duplicates: int = 30  # planted: exact copies of clean documents
-    near_duplicates: int = 30  # planted: copies with ~1% of words changed and a header line
-    junk: int = 64  # planted: junk documents of 8 kinds (symbols, repeated lines, word salad, ...)
+    # planted: copies whose 5-gram Jaccard similarity to their original is about each band (words replaced and a
+    # header line), `near_duplicates_per_band` of each
+    near_duplicate_bands: list[float] = [0.95, 0.85, 0.75, 0.65, 0.55]
+    near_duplicates_per_band: int = 30
+    junk: int = 64  # planted: junk documents of 8 kinds the filters target (symbols, repeated lines, word salad, ...)
+    unseen_junk: int = 24  # planted: junk of 3 kinds no filter targets (spam bodies, shuffled sentences, empty pages)
     seed: int = 0
 
 
@@ -88,11 +93,21 @@ class TokenizerSpec(Strict):
 
 
 class LMSpec(Strict):
-    """The w01 GPT, trained once per tokenizer with identical model, steps, batch, seed and training text."""
+    """The w01 GPT, trained once per tokenizer with identical model, batch, seed and training text, each for the
+    same number of bytes: its steps are train_bytes / (batch x context x its tokenizer's bytes per token on the
+    training text), so `train.steps` is 0 here."""
     model: ModelSpec
     train: TrainSpec
-    eval_bytes: int = 100_000  # held-out bytes scored (0: all)
+    train_bytes: int  # bytes of training text each model sees
+    eval_bytes: int = 100_000  # held-out bytes scored: whole documents in a seeded order until this many (0: all)
     max_train_bytes: int = 0  # 0: every cleaned training byte
+
+    @model_validator(mode="after")
+    def _steps_from_bytes(self):
+        if self.train_bytes <= 0 or self.train.steps != 0:
+            raise ValueError("lm.train_bytes must be > 0 and lm.train.steps 0: each tokenizer's model trains for "
+                             "the same bytes, in steps of its own tokens")
+        return self
 
 
 class W19Spec(Strict):
@@ -101,4 +116,4 @@ class W19Spec(Strict):
     pipeline: PipelineSpec = PipelineSpec()
     tokenizer: TokenizerSpec
     lm: LMSpec
-    targets: dict[Literal["dedup_f1", "filter_f1", "bpb", "lm_vs_unigram"], Target]
+    targets: dict[Literal["byte_ppl_ratio", "dedup_f1", "lsh_curve_deviation", "filter_f1", "lm_vs_unigram"], Target]
