@@ -76,7 +76,8 @@ def test_retrieval_augmented_answers_beat_closed_book_on_squad_f1(spec, runs, sc
                                  "k random chunks as context": m["random_context_f1"]}, exact_match=m["exact_match"],
                         closed_book_f1=m["closed_book_f1"], oracle_f1=m["oracle_f1"],
                         oracle_exact_match=m["oracle_exact_match"], closed_book_exact_match=m["closed_book_exact_match"],
-                        f1_ordering=_ordering(m), **_context(r))
+                        f1_ordering=_ordering(m), headline={"RAG F1": m["f1"], "closed-book": m["closed_book_f1"],
+                                                            "oracle": m["oracle_f1"]}, **_context(r))
 
 
 @pytest.mark.check("w11", target="recall_at_k")

@@ -51,7 +51,8 @@ def test_pretrained_model_scores_above_chance_on_average(spec, profile, runs, sc
         m["averages"][spec.pretrained], data=_data(m), baselines={"chance": m["avg_chance"]},
         trivial={"equal log-likelihoods (chance)": m["avg_chance"]}, pretrained=spec.pretrained,
         chance_per_task={t: c["chance"] for t, c in m["chance"].items()},
-        **({f"control {control} average": m["averages"][control]} if control else {}), **_context(r))
+        **({f"control {control} average": m["averages"][control]} if control else {}),
+        headline={f"{model} average": m["averages"][model] for model in m["models"]}, **_context(r))
 
 
 @pytest.mark.check("w15", target="report_cells_missing")

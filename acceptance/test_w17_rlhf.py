@@ -95,7 +95,7 @@ def test_the_rlhf_policy_wins_preference_votes_against_the_sft_policy(spec, runs
         r = _rlhf(seeded, runs)
         m = r.metrics
         scorecard.check(m["win_rate"], data=m["data"], curve=_curve(m), trivial={"the SFT policy against itself": 0.5},
-                        **_context(r))
+                        headline={"win rate against SFT": m["win_rate"], "judge": m["judge"]}, **_context(r))
 
 
 @pytest.mark.check("w17", target="judge_margin")

@@ -79,6 +79,8 @@ def test_our_sentencepiece_tokenizer_is_within_reach_of_gpt2s_in_perplexity_per_
                         bpb_ours=ours["bpb"], bpb_gpt2=gpt2["bpb"], bpb_ratio=m["bpb_ratio"],
                         unigram_bpb_ours=ours["unigram_bpb"], unigram_bpb_gpt2=gpt2["unigram_bpb"],
                         steps_ours=ours["steps"], steps_gpt2=gpt2["steps"],
+                        headline={"perplexity per byte, ours / GPT-2's": m["byte_ppl_ratio"],
+                                  "bpb ours": ours["bpb"], "bpb GPT-2": gpt2["bpb"]},
                         token_ppl_ours=ours["token_ppl"], token_ppl_gpt2=gpt2["token_ppl"],
                         token_ppl_note="perplexities per token of different vocabularies: not comparable",
                         fertility_ours=m["tokenizer_stats"]["sentencepiece"]["fertility"],
@@ -109,7 +111,8 @@ def test_minhash_detects_each_similarity_band_as_often_as_its_lsh_curve_predicts
         d = c["dedup"]
         scorecard.check(d["lsh_curve_deviation"], data=c["data"], bands=_bands_markdown(d),
                         lsh_threshold=d["lsh_threshold"],
-                        trivial={"exact dedup only (no near copy found)": max(b["expected"] for b in d["bands"].values())})
+                        trivial={"exact dedup only (no near copy found)":
+                                 max(b["expected"] for b in d["bands"].values())})
 
 
 @pytest.mark.check("w19", target="filter_f1")

@@ -53,6 +53,22 @@ def test_markdown_and_html_show_profile_data_protocol_and_plots(tmp_path):
     assert (tmp_path / "scorecard.html").exists()
 
 
+def test_the_grid_shows_the_seeds_quantities_before_the_gated_margin(tmp_path):
+    """w11's gate is a margin over its baselines; its grid cell leads with what the seed names: RAG F1, with
+    closed-book and the oracle beside it."""
+    head = row(milestone="w11", check="test_f1", metric="f1 - max(closed_book, random_context)", direction="higher",
+               order=0, target=0.016, value=0.024, curve=None,
+               extra={"headline": {"RAG F1": 0.1223, "closed-book": 0.0837, "oracle": 0.1847}})
+    scorecard.write([head, row(milestone="w11", check="test_recall", metric="recall_at_k", direction="higher",
+                               target=0.5, value=0.8, curve=None, order=1)], tmp_path)
+    md = (tmp_path / "scorecard.md").read_text()
+    assert ("| w11 RAG with LangChain | SQuAD dev F1 > 0.6, response time recorded | PASS 2/2 RAG F1 0.1223, "
+            "closed-book 0.0837, oracle 0.1847; f1 - max(closed_book, random_context) = 0.024 > 0.016 |") in md
+    page = (tmp_path / "scorecard.html").read_text()
+    assert "RAG F1 0.1223, closed-book 0.0837, oracle 0.1847<small>" in page.replace("<br>", "")
+    assert scorecard.headline_html(row()) == ""  # a check without a headline: its gated value heads the cell
+
+
 def _pytest(tmp_path, *args, cache=None):
     env = {**os.environ, "LLM_MILESTONES_ARTIFACTS": str(tmp_path / "artifacts")}
     if cache:

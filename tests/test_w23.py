@@ -50,12 +50,13 @@ ROWS = [row(), row(check="test_ppl", time="2026-11-29T10:00:00Z", value=260.0), 
         row(milestone="w05", check="test_zero2", status="fail", value=281.27, target=275.0, message="worst seed missed",
             curve=None, extra={"value per seed": SEEDS, "worst seed": 1}),
         row(milestone="w15", check="test_lm_eval", metric="avg_acc - chance", direction="higher", target=0.05,
-            value=0.1271, curve=None, extra={"scores by model": SCORES})]
+            value=0.1271, curve=None, extra={"scores by model": SCORES,
+                                             "headline": {"SmolLM2 average": 0.4132, "w01 GPT average": 0.2718}})]
 # between the two w01 sessions: the check broke after measuring; an error is not a measurement of a trend
 BROKE = row(check="test_ppl", status="error", value=999.5, time="2026-11-29T12:00:00Z", message="crashed", curve=None)
 # every number above as the site prints it, and only there: none of them may appear on a page as plain text
 PRINTED = ["246.4", "812.5", "1234567", "8.25", "6.12", "0.7766", "48.31", "-0.0958", "277.8", "281.3", "0.4417",
-           "0.3125", "0.1271", "999.5"]
+           "0.3125", "0.1271", "999.5", "0.4132", "0.2718"]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,7 @@ def html_of(site, name):
 W01 = ["row", "w01", "test_ppl", "cpu"]  # the address of a row's numbers (see impl/w23_portfolio/site.py)
 W05_SEED_1 = ["row", "w05", "test_zero2", "cpu", "extra", "value per seed", "1"]
 PASSING = ["count", "rows", {"status": ["pass"]}]
+W15_HEADLINE = ["row", "w15", "test_lm_eval", "cpu", "extra", "headline", "SmolLM2 average"]
 
 
 def test_the_site_has_an_index_a_page_per_milestone_history_writeup_resume_and_interviews(built):
@@ -134,6 +136,7 @@ SABOTAGE = {  # what is edited: (page, the markup before, after)
     "a history target": ("history.html", num(["history", 0, "target"], 280.0), num(["history", 0, "target"], 180.0)),
     "a per-seed value in <pre>": ("milestones/w05.html", num(W05_SEED_1, 281.27), num(W05_SEED_1, 218.3)),
     "an index count": ("index.html", num(PASSING, 3), num(PASSING, 4)),
+    "a seed's quantity heading the grid": ("index.html", num(W15_HEADLINE, 0.4132), num(W15_HEADLINE, 0.4312)),
     "a rounding inside the old 1e-3 tolerance": ("index.html", num([*W01, "value"], 246.356), num([*W01, "value"], 246.5)),
     "a number turned into plain text": ("writeup.html", num([*W01, "value"], 246.356), "246.4"),
     "a number removed": ("resume.html", num([*W01, "value"], 246.356), ""),

@@ -218,6 +218,17 @@ def target_text(row: dict) -> str:
     return "" if row.get("target") is None else f"{_comparison(row)} {format_value(row['target'])}"
 
 
+def headline_html(row: dict, number: Number = plain_number) -> str:
+    """The quantities the seed's sentence names, as the check recorded them (`headline`: name -> value, e.g. RAG F1
+    with closed-book and oracle beside it), for the grid's cell; "" when the check recorded none (its gated value
+    is the headline then)."""
+    head = (row.get("extra") or {}).get("headline")
+    if not isinstance(head, dict) or not head:
+        return ""
+    return ", ".join(f"{html.escape(str(k))} " + (number(("extra", "headline", k), v) if is_number(v)
+                                                  else html.escape(str(v))) for k, v in head.items())
+
+
 def target_html(row: dict, number: Number = plain_number) -> str:
     """The target as HTML, its threshold printed by `number`."""
     t = row.get("target")
@@ -409,6 +420,8 @@ def grid_markdown(rows: list[dict]) -> list[str]:
         for p in profiles:
             status, head, passed, n = grid_cell(rows, m.id, p)
             value = f" {head['metric']} = {format_value(head['value'])} {target_text(head)}" if head and head.get("value") is not None else ""
+            if head and headline_html(head):  # the seed's quantities first, the gate after them
+                value = f" {html.unescape(headline_html(head))};{value}"
             reason = error_reason(head) if status == "error" else ""
             cells.append("-" if head is None else f"{status.upper()} {passed}/{n}{value}" + (f": {reason}" if reason else ""))
         if not any(r["milestone"] == m.id and r["status"] != "not-implemented" for r in rows):
@@ -471,6 +484,8 @@ def _cell(rows: list[dict], milestone: str, profile: str) -> str:
         return "<td class='none'>-</td>"
     value = "" if head.get("value") is None else \
         f"<br><small>{html.escape(head.get('metric') or '')} = {html.escape(format_value(head['value']))} {html.escape(target_text(head))}</small>"
+    if headline_html(head):  # the seed's quantities first, the gate after them
+        value = f"<br>{headline_html(head)}{value}"
     reason = error_reason(head) if status == "error" else ""
     if reason:
         value += f"<br><small class='reason'>{html.escape(reason)}</small>"

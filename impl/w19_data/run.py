@@ -105,7 +105,8 @@ def filter_scores(labels: dict, report: dict) -> dict:
     prevalence = len(junk) / max(1, len(junk) + len(clean))
     return {**prf(tp, fp, len(junk) - tp), "junk": len(junk), "clean": len(clean),
             "recall_unseen_kinds": sum(j not in survived for j in unseen) / max(1, len(unseen)),
-            "recall_seen_kinds": sum(j not in survived for j in junk if j not in unseen) / max(1, len(junk) - len(unseen)),
+            "recall_seen_kinds": (sum(j not in survived for j in junk if j not in unseen)
+                                  / max(1, len(junk) - len(unseen))),
             "junk_removed_by": by_filter,
             "removed_by_kind": {k: f"{a}/{b}" for k, (a, b) in by_kind.items()},
             "clean_removed": [c for c in clean if c not in survived],

@@ -237,7 +237,8 @@ def _status_cell(rows: list[dict], milestone: str, profile: str) -> tuple[str, s
     status = (f"{card_mod.badge_html(cell.status)} {count('rows', {**where, 'status': ['pass']}, cell.passed)}/"
               f"{count('rows', where, cell.total)} {esc(profile)}")
     if cell.head is not None and cell.head.get("value") is not None:
-        return status, f"{esc(profile)}: {measured_text(cell.head)}"
+        headline = card_mod.headline_html(cell.head, cite(cell.head))  # the seed's quantities, then the gate
+        return status, f"{esc(profile)}: " + (f"{headline}; " if headline else "") + measured_text(cell.head)
     if cell.status == "error" and card_mod.error_reason(cell.head):  # e.g. a fixture that could not be fetched
         return status, f"{esc(profile)}: {esc(card_mod.error_reason(cell.head))}"
     return status, None

@@ -157,5 +157,15 @@ def test_the_blocked_loss_under_bfloat16_autocast_matches_the_two_steps_under_it
     torch.testing.assert_close(gw_a, gw_b, rtol=5e-2, atol=2e-4)
 
 
+def test_the_blocked_loss_without_autograd_is_the_same_number_and_keeps_no_gradient():
+    hidden, weight = torch.randn(130, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (130,))
+    fn = units.catalogue("w01")["lm_head_cross_entropy"]
+    with torch.no_grad():  # an evaluation: no gradient blocks computed, none kept
+        quiet = fn(hidden, weight, targets)
+    assert not quiet.requires_grad and quiet.grad_fn is None
+    assert torch.equal(quiet, fn(hidden, weight, targets).detach())
+
+
 def test_attention_written_from_matmuls_passes_within_the_stated_tolerance():
     assert check.check("w01", "causal_attention", attention_from_matmuls) == ("pass", "")
