@@ -43,26 +43,24 @@ def _block(fn):
     return {"out": fn(x, *_sublayers(8))}
 
 
-@case("w01.gpt_hidden")
-def _gpt_hidden(fn):
+def _gpt_inputs(ln_scale: float = 1.0, ln_shift: float = 0.0):
+    """Token ids, embeddings, two blocks (order matters: a then b) and a final norm for the GPT's cases."""
     V, C, T_max = 11, 8, 6
     idx = torch.randint(0, V, (2, 5), generator=_gen(14))
     wte, wpe = _randn(V, C, seed=15), _randn(T_max, C, seed=16)
     a, b, c, d = _sublayers(C)
     blocks = [lambda h: h + a(h), lambda h: h + b(h) * 0.5]
-    ln_f = lambda h: F.layer_norm(h, (C,)) * 1.5 + 0.25  # noqa: E731  (not the identity on a normalised input)
-    return {"out": fn(idx, wte, wpe, blocks, ln_f)}
+    return idx, wte, wpe, blocks, lambda h: F.layer_norm(h, (C,)) * ln_scale + ln_shift
+
+
+@case("w01.gpt_hidden")
+def _gpt_hidden(fn):
+    return {"out": fn(*_gpt_inputs(ln_scale=1.5, ln_shift=0.25))}  # a norm that is not the identity on its output
 
 
 @case("w01.gpt_logits")
 def _gpt(fn):
-    V, C, T_max = 11, 8, 6
-    idx = torch.randint(0, V, (2, 5), generator=_gen(14))
-    wte, wpe = _randn(V, C, seed=15), _randn(T_max, C, seed=16)
-    a, b, c, d = _sublayers(C)
-    blocks = [lambda h: h + a(h), lambda h: h + b(h) * 0.5]  # order matters: a then b
-    ln_f = lambda h: F.layer_norm(h, (C,))  # noqa: E731
-    return {"out": fn(idx, wte, wpe, blocks, ln_f)}
+    return {"out": fn(*_gpt_inputs())}
 
 
 @case("w01.cross_entropy")
