@@ -170,7 +170,7 @@ def test_the_planted_near_copies_land_in_their_similarity_bands():
     from impl.core.fixtures import read_documents
     from impl.w19_data import mix
 
-    mh = pipeline.minhash_config(CPU.pipeline.minhash)
+    mh = mix.shingler(pipeline.minhash_config(CPU.pipeline.minhash))
     text = mix.excerpt(read_documents("brown")[0], 4000)["text"]
     for band in (0.95, 0.75, 0.55):
         s = mix.shingle_jaccard(text, mix.near_copy(text, random.Random(0), mix.substitution_rate(band, 5)), mh)

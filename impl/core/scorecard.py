@@ -420,8 +420,9 @@ def grid_markdown(rows: list[dict]) -> list[str]:
         for p in profiles:
             status, head, passed, n = grid_cell(rows, m.id, p)
             value = f" {head['metric']} = {format_value(head['value'])} {target_text(head)}" if head and head.get("value") is not None else ""
-            if head and headline_html(head):  # the seed's quantities first, the gate after them
-                value = f" {html.unescape(headline_html(head))};{value}"
+            headline = html.unescape(headline_html(head)) if head else ""
+            if headline:  # the seed's quantities first, the gate after them
+                value = f" {headline};{value}"
             reason = error_reason(head) if status == "error" else ""
             cells.append("-" if head is None else f"{status.upper()} {passed}/{n}{value}" + (f": {reason}" if reason else ""))
         if not any(r["milestone"] == m.id and r["status"] != "not-implemented" for r in rows):
@@ -484,8 +485,9 @@ def _cell(rows: list[dict], milestone: str, profile: str) -> str:
         return "<td class='none'>-</td>"
     value = "" if head.get("value") is None else \
         f"<br><small>{html.escape(head.get('metric') or '')} = {html.escape(format_value(head['value']))} {html.escape(target_text(head))}</small>"
-    if headline_html(head):  # the seed's quantities first, the gate after them
-        value = f"<br>{headline_html(head)}{value}"
+    headline = headline_html(head)
+    if headline:  # the seed's quantities first, the gate after them
+        value = f"<br>{headline}{value}"
     reason = error_reason(head) if status == "error" else ""
     if reason:
         value += f"<br><small class='reason'>{html.escape(reason)}</small>"

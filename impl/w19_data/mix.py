@@ -144,16 +144,19 @@ def near_copy(text: str, rng: random.Random, rate: float) -> str:
     return "Reposted from the archive, with corrections.\n\n" + "\n\n".join(out)
 
 
-def shingle_jaccard(a: str, b: str, minhash) -> float:
-    """Jaccard similarity of two texts' shingle sets, as datatrove's MinHash step hashes them (`minhash`: its
-    MinhashConfig)."""
+def shingler(minhash):
+    """datatrove's MinHash signature step for `minhash` (its MinhashConfig), used only for `get_shingles`: what the
+    pipeline's MinHash hashes (nothing is written to its output folder)."""
     import tempfile
 
     from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sig = MinhashDedupSignature(tmp, minhash)
-        sa, sb = (set(sig.get_shingles(t).ravel().tolist()) for t in (a, b))
+    return MinhashDedupSignature(tempfile.gettempdir(), minhash)
+
+
+def shingle_jaccard(a: str, b: str, signature) -> float:
+    """Jaccard similarity of two texts' shingle sets, as `signature` (a `shingler`) hashes them."""
+    sa, sb = (set(signature.get_shingles(t).ravel().tolist()) for t in (a, b))
     return len(sa & sb) / max(1, len(sa | sb))
 
 
@@ -216,14 +219,14 @@ def build(spec: MixSpec, out: Path, minhash) -> dict:
     if len(bands) > len(plain_clean):
         raise ValueError(f"{len(bands)} planted copies need as many plain clean originals; the mix has "
                          f"{len(plain_clean)}: raise austen_chapters or brown_documents")
-    copies = []
+    copies, signature = [], shingler(minhash)
     for i, ((oid, text, _), band) in enumerate(zip(rng.sample(plain_clean, len(bands)), bands)):
         cid = f"copy/{'exact' if band is None else f'near-{band}'}/{i}"
         copy = text if band is None else near_copy(text, rng, substitution_rate(band, minhash.n_grams))
         copies.append({"id": cid, "text": copy})
         labels["dup_pairs"].append({"original": oid, "copy": cid, "kind": "exact" if band is None else "near",
                                     "band": band, "jaccard": 1.0 if band is None else
-                                    round(shingle_jaccard(text, copy, minhash), 4)})
+                                    round(shingle_jaccard(text, copy, signature), 4)})
 
     with open(warc_dir / "web-00000.warc.gz", "wb") as f:
         writer = WARCWriter(f, gzip=True)  # one gzip member per record, as Common Crawl's WARCs
