@@ -129,10 +129,11 @@ def w09_serve_under_load(spec, model: str, out_dir, serve_as: dict | None = None
 
 # --- w11: retrieval-augmented QA with LangChain ------------------------------------------------------------
 def w11_rag(spec, runs: Runs, progress: bool = False, retriever: str = "dense") -> RunResult:
-    """Build (or reuse) the profile's FAISS index and answer its sampled questions closed-book, with RAG and with
-    the gold paragraph (oracle); metrics: f1, exact_match, closed_book_f1, oracle_f1, recall_at_k with its
-    bm25 and random baselines, latency_ms (retrieval, generation: p50/p95). `retriever` "random" (the sabotage
-    twin): the chain retrieves k random chunks."""
+    """Build (or reuse) the profile's FAISS index and answer its sampled questions closed-book, with RAG, with k
+    random chunks and with the gold paragraph (oracle), and by copying the retrieved sentence sharing most words
+    with the question; metrics: f1, exact_match, closed_book_f1, random_context_f1, oracle_f1, copy_f1,
+    recall_at_k with its bm25 and random baselines, latency_ms (retrieval, reading: p50/p95). `retriever`
+    "random" (the sabotage twin): the chain retrieves k random chunks."""
     from impl.w11_rag import run
 
     return run.run(spec, runs, progress, retriever)
@@ -147,10 +148,7 @@ def w11_chain(spec, runs: Runs):
     documents = run.indexed_documents(spec, load_qa(spec.data))
     index_dir = run.build_index(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), documents)
     store, _, _ = index.load(index_dir / "index", resolve_model(spec.embedding_model), spec.embedding_model)
-    g = spec.generate
-    generator = chain.load_generator(resolve_model(spec.generator), g.max_new_tokens, g.max_prompt_tokens,
-                                     g.batch_size, g.dtype)
-    return chain.rag_chain(store.as_retriever(search_kwargs={"k": spec.retrieve_k}), generator)
+    return chain.rag_chain(store.as_retriever(search_kwargs={"k": spec.retrieve_k}), run.load_reader(spec))
 
 
 # --- w13: tensor and pipeline parallelism -----------------------------------------------------------------

@@ -7,11 +7,11 @@
 2. Retrieval recall@k on the sampled questions (a retrieved chunk is gold when it comes from the question's own
    paragraph and contains a gold answer), for the dense retriever, BM25 (rank-bm25, same chunks, lower-cased
    word tokens) and a retriever returning k random chunks.
-3. Answers: RAG (LangChain's chain), closed-book (no context), random context (k random chunks: what any context
-   buys without retrieval skill; the random-retriever twin's chain sees exactly these) and oracle (the gold
-   paragraph), all four batched the same way (prompts of similar length together); SQuAD v1.1 EM and F1.
-4. Response time: the first `timed_questions` questions again through the chain one at a time, retrieval and
-   generation timed separately.
+3. Answers, one question at a time through the same reader and prompt (chain.py): RAG (LangChain's chain; its
+   retrieval and reading timed apart: the response time), closed-book (no context), random context (k random
+   chunks: what any context buys without retrieval skill; the random-retriever twin's chain sees exactly these)
+   and oracle (the gold paragraph); beside them the generator-free copy baseline (the retrieved chunks' sentence
+   sharing most words with the question, whole); SQuAD v1.1 EM and F1.
 """
 from __future__ import annotations
 
@@ -92,21 +92,6 @@ def random_retriever_runnable(chunks: list[dict], seed: int, k: int):
                                      for c in r.top(q, k)])
 
 
-def _answer_all(answer, inputs: list[dict]) -> list[str]:
-    """Every {"question", "context"} answered through `answer`'s batch, prompts of similar length in the same batch
-    (less left padding to compute); the answers in the inputs' order."""
-    def chars(x: dict) -> int:
-        c = x["context"]
-        return len(x["question"]) + (0 if c is None else len(c) if isinstance(c, str)
-                                     else sum(len(d.page_content) for d in c))
-
-    order = sorted(range(len(inputs)), key=lambda i: chars(inputs[i]))
-    answers = [""] * len(inputs)
-    for i, a in zip(order, answer.batch([inputs[i] for i in order])):
-        answers[i] = a
-    return answers
-
-
 def _percentile(values: list[float], p: float) -> float:
     import numpy as np
 
@@ -122,9 +107,8 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
     eligible = QASet(documents, [q for q in qa.questions if q.doc_id in documents], qa.description)
     questions = eligible.sample(spec.questions, spec.seed)
     index_run = build_index(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), documents, progress)
-    # `conditions` names what a run answers: a run from before random context was measured is not reused
     run_dir = runs.dir_for({**spec.model_dump(exclude={"targets"}), "retriever": retriever,
-                            "conditions": ["rag", "closed_book", "random_context", "oracle"]})
+                            "conditions": ["rag", "closed_book", "random_context", "oracle", "copy"]})
     if (run_dir / "metrics.json").exists():
         return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
 
@@ -141,68 +125,64 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
     doc_ids, golds = [q.doc_id for q in questions], [q.answers for q in questions]
     recall = {name: {k: w11.recall_at_k(lists, doc_ids, golds, k) for k in ks} for name, lists in ranked.items()}
 
-    g = spec.generate
-    generator = chain.load_generator(resolve_model(spec.generator), g.max_new_tokens, g.max_prompt_tokens,
-                                     g.batch_size, g.dtype)
+    reader = load_reader(spec)
     if retriever == "dense":
         chain_retriever = store.as_retriever(search_kwargs={"k": spec.retrieve_k})
     else:
         chain_retriever = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)
-    answer = chain.answer_chain(generator)
+    no_skill = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)  # the twin's draws, in its order
+    answer = chain.answer_chain(reader)
     from tqdm.auto import tqdm
 
-    retrieved = [chain_retriever.invoke(q.question) for q in questions]  # in order: the random twin draws in turn
-    rag = _answer_all(answer, [{"question": q.question, "context": docs} for q, docs in zip(questions, retrieved)])
-    rag_truncated = len(generator.truncated)
-    closed = _answer_all(answer, [{"question": q.question, "context": None} for q in questions])
-    if retriever == "random":  # the twin: its chain already answered with exactly the no-skill retriever's chunks
-        random_context = rag
-    else:
-        no_skill = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)  # the twin's draws, its order
-        random_context = _answer_all(answer, [{"question": q.question, "context": no_skill.invoke(q.question)}
-                                              for q in questions])
-    oracle = _answer_all(answer, [{"question": q.question, "context": documents[q.doc_id]} for q in questions])
-
-    retrieval_ms, generation_ms, single = [], [], []  # a user's response time: one question at a time, unbatched
-    for q in tqdm(questions[:spec.timed_questions], desc="RAG, one question at a time", disable=not progress):
+    # every condition one question at a time through the same answer step; RAG as a user meets it, its two
+    # steps timed apart
+    retrieved, rag, retrieval_ms, reading_ms = [], [], [], []
+    for q in tqdm(questions, desc="RAG", disable=not progress):
         t0 = time.perf_counter()
         docs = chain_retriever.invoke(q.question)
         t1 = time.perf_counter()
-        single.append(answer.invoke({"question": q.question, "context": docs}))
+        rag.append(answer.invoke({"question": q.question, "context": docs}))
         retrieval_ms.append(1000 * (t1 - t0))
-        generation_ms.append(1000 * (time.perf_counter() - t1))
+        reading_ms.append(1000 * (time.perf_counter() - t1))
+        retrieved.append(docs)
+    rag_truncated = len(reader.truncated)
+    copy = [chain.copy_baseline({"question": q.question, "context": docs}) for q, docs in zip(questions, retrieved)]
+
+    def answer_each(name: str, context_of) -> list[str]:
+        return [answer.invoke({"question": q.question, "context": context_of(q)})
+                for q in tqdm(questions, desc=name, disable=not progress)]
+
+    closed = answer_each("closed-book", lambda q: None)
+    # the twin: its chain already answered with exactly the no-skill retriever's chunks
+    random_context = rag if retriever == "random" else answer_each("random context", lambda q: no_skill.invoke(q.question))
+    # the ceiling; the twin's check compares with its baselines only, and skips it
+    oracle = answer_each("oracle", lambda q: documents[q.doc_id]) if retriever == "dense" else [None] * len(questions)
 
     squad = load_metric("squad")
     refs = [q.answers for q in questions]
     scores = {name: squad.compute(predictions=preds, references=refs)
               for name, preds in (("rag", rag), ("closed_book", closed), ("random_context", random_context),
-                                  ("oracle", oracle))}
+                                  ("oracle", oracle), ("copy", copy)) if None not in preds}
     with open(run_dir / "answers.jsonl", "w") as f:
         for i, q in enumerate(questions):
             f.write(json.dumps({"id": q.id, "question": q.question, "answers": q.answers, "rag": rag[i],
                                 "closed_book": closed[i], "random_context": random_context[i], "oracle": oracle[i],
-                                "retrieved": [d.metadata["chunk_id"] for d in retrieved[i]],
-                                "rag_f1": scores["rag"]["f1_per_example"][i],
-                                **({"rag_one_at_a_time": single[i]} if i < len(single) else {})},
-                               ensure_ascii=False) + "\n")
-    k = spec.retrieve_k
+                                "copy": copy[i], "retrieved": [d.metadata["chunk_id"] for d in retrieved[i]],
+                                "rag_f1": scores["rag"]["f1_per_example"][i]}, ensure_ascii=False) + "\n")
+    k, r = spec.retrieve_k, spec.read
     metrics = {
         "f1": scores["rag"]["f1"] / 100, "exact_match": scores["rag"]["exact_match"] / 100,
-        "closed_book_f1": scores["closed_book"]["f1"] / 100, "closed_book_exact_match": scores["closed_book"]["exact_match"] / 100,
-        "random_context_f1": scores["random_context"]["f1"] / 100,
-        "oracle_f1": scores["oracle"]["f1"] / 100, "oracle_exact_match": scores["oracle"]["exact_match"] / 100,
+        **{f"{name}_{m}": scores[name][m] / 100 if name in scores else None
+           for name in ("closed_book", "random_context", "oracle", "copy") for m in ("f1", "exact_match")},
         # the retriever the chain used (dense; random in the sabotage twin), at the chain's k
         "recall_at_k": w11.recall_at_k([[by_id[d.metadata["chunk_id"]] for d in docs] for docs in retrieved],
                                        doc_ids, golds, k),
         "bm25_recall_at_k": recall["bm25"][k], "random_recall_at_k": recall["random"][k],
-        "recall": {name: {str(kk): v for kk, v in r.items()} for name, r in recall.items()},
+        "recall": {name: {str(kk): v for kk, v in r_.items()} for name, r_ in recall.items()},
         "k": k, "retriever": retriever,
         "latency_ms": {part: {"p50": _percentile(v, 50), "p95": _percentile(v, 95), "mean": sum(v) / len(v)}
-                       for part, v in (("retrieval", retrieval_ms), ("generation", generation_ms),
-                                       ("total", [a + b for a, b in zip(retrieval_ms, generation_ms)]))},
-        "timed_questions": len(retrieval_ms),
-        # padding in a batch may move a greedy answer; how often, among the questions answered both ways
-        "timed_answers_as_batched": sum(a == b for a, b in zip(single, rag)),
+                       for part, v in (("retrieval", retrieval_ms), ("reading", reading_ms),
+                                       ("total", [a + b for a, b in zip(retrieval_ms, reading_ms)]))},
         "prompts_with_context_cut": rag_truncated, "questions": len(questions),
         "index": {**{key: manifest[key] for key in ("chunks", "documents", "dimension", "chunk_size", "chunk_overlap",
                                                     "metric", "embedding_model")},
@@ -210,12 +190,21 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
                   "build_seconds": json.loads((index_run / "metrics.json").read_text()).get("build_seconds")},
         "data": f"{qa.description}; {len(documents):,} paragraphs indexed ({manifest['chunks']:,} chunks), "
                 f"{len(questions)} questions on them (seed {spec.seed} sample)",
-        "generator": spec.generator, "embedding_model": spec.embedding_model,
-        "decoding": f"greedy, max {g.max_new_tokens} new tokens, first line kept; prompt <= {g.max_prompt_tokens} "
-                    f"tokens (retrieved context cut from its end when longer), {g.dtype}",
+        "reader": spec.reader, "embedding_model": spec.embedding_model,
+        "reading": f"with a context: the most probable span (P(span, end of turn | prompt), {r.dtype}) of 1-"
+                   f"{r.span_words} words in the {r.sentences} context sentences sharing most words with the "
+                   f"question; closed-book: greedy, max {r.max_new_tokens} new tokens, first line; one prompt for "
+                   f"every condition, <= {r.max_prompt_tokens} tokens (context cut from its end when longer); one "
+                   f"question at a time",
         "examples": [{"question": q.question, "gold": q.answers[0], "rag": rag[i], "closed_book": closed[i],
-                      "oracle": oracle[i]} for i, q in enumerate(questions[:spec.examples_in_report])],
+                      "copy": copy[i], "oracle": oracle[i]} for i, q in enumerate(questions[:spec.examples_in_report])],
         "environment": environment(),
     }
     write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, metrics)
+
+
+def load_reader(spec: W11Spec) -> chain.Reader:
+    r = spec.read
+    return chain.load_reader(resolve_model(spec.reader), r.max_new_tokens, r.max_prompt_tokens, r.span_words,
+                             r.sentences, r.dtype)

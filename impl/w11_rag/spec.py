@@ -5,9 +5,9 @@
       questions: 120                                    # answerable questions scored, a seeded sample
       chunks: {size: 600, overlap: 100}
       embedding_model: fixture:minilm
-      generator: fixture:smollm2
+      reader: fixture:smollm2
       retrieve_k: 3
-      generate: {max_new_tokens: 24, max_prompt_tokens: 1024, batch_size: 8}
+      read: {span_words: 4, sentences: 2, max_new_tokens: 24, max_prompt_tokens: 1024}
       targets: {f1: ..., recall_at_k: ...}
 """
 from __future__ import annotations
@@ -37,11 +37,15 @@ class ChunkSpec(Strict):
     overlap: int = 100
 
 
-class GenerateSpec(Strict):
-    """Greedy decoding. A prompt longer than `max_prompt_tokens` loses context from its end, never the question."""
+class ReadSpec(Strict):
+    """How the reader answers (impl/w11_rag/chain.py): with a context, the most probable span of 1 to `span_words`
+    words in the `sentences` sentences sharing most words with the question; without one (closed-book), greedy
+    decoding of at most `max_new_tokens`. A prompt longer than `max_prompt_tokens` loses context from its end,
+    never the question."""
+    span_words: int = 4
+    sentences: int = 2
     max_new_tokens: int = 24
     max_prompt_tokens: int = 1024
-    batch_size: int = 8
     dtype: Literal["float32", "bfloat16"] = "float32"
 
 
@@ -52,11 +56,8 @@ class W11Spec(Strict):
     seed: int = 0
     chunks: ChunkSpec = ChunkSpec()
     embedding_model: str  # a sentence-transformers model: hub id, local dir, or fixture:NAME
-    generator: str  # a causal LM with a chat template
+    reader: str  # a causal LM with a chat template
     retrieve_k: int = 3
-    generate: GenerateSpec = GenerateSpec()
-    # the response time a user sees: the first N sampled questions also go through the chain one at a time,
-    # retrieval and generation timed apart (the scored answers are batched, as every baseline's)
-    timed_questions: int = 8
+    read: ReadSpec = ReadSpec()
     examples_in_report: int = 8
     targets: dict[Literal["f1", "recall_at_k"], Target]
