@@ -1,4 +1,4 @@
-"""The RAG pipeline as LangChain writes it today (LCEL): `retriever | prompt | llm | parser`.
+"""The RAG pipeline as LangChain writes it today (LCEL): `{"context": retriever, "question": passthrough} | reader`.
 
     rag = rag_chain(store.as_retriever(search_kwargs={"k": 3}), reader)
     rag.invoke("What part of the Earth's atmosphere is oxygen?")
@@ -9,8 +9,9 @@ fitted to `max_prompt_tokens` by cutting context from its end, never the questio
 
 The answer is the one the model finds most probable, P(answer, end of turn | prompt):
 - with a context, among the context's short spans (an extractive reader, as SQuAD's task is defined): every run
-  of 1 to `span_words` words inside the `sentences` sentences sharing most words with the question, each scored
-  by the LM at once (below); a 135M model asked to generate paraphrases instead of copying (generated RAG F1
+  of 1 to `span_words` words inside the `sentences` sentences sharing most words with the question that does not
+  start with a function word nor hold only function words and the question's own words, all scored by the LM at
+  once (below); a 135M model asked to generate paraphrases instead of copying (generated RAG F1
   0.12 on the cpu profile, below the 0.14 of copying the best-overlap sentence whole);
 - without one (closed-book), by greedy decoding, the usual approximation of that argmax over all strings.
 
