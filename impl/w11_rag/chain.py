@@ -59,16 +59,17 @@ def _context_text(context) -> str | None:
     return context
 
 
-def _words(text: str) -> list[str]:
+def word_tokens(text: str) -> list[str]:
+    """Lower-cased word tokens (what BM25 indexes and what a question shares with a sentence)."""
     return re.findall(r"\w+", text.lower())
 
 
 def best_sentences(context: str, question: str, n: int) -> list[str]:
     """The context's `n` sentences sharing the most distinct words with the question, function words aside (ties:
     the earlier), in that order."""
-    asked = set(_words(question)) - FUNCTION_WORDS
+    asked = set(word_tokens(question)) - FUNCTION_WORDS
     sentences = [s.strip() for part in context.split("\n") for s in _SENTENCE_END.split(part) if s.strip()]
-    ranked = sorted(range(len(sentences)), key=lambda i: (-len(asked & set(_words(sentences[i]))), i))
+    ranked = sorted(range(len(sentences)), key=lambda i: (-len(asked & set(word_tokens(sentences[i]))), i))
     return [sentences[i] for i in ranked[:n]]
 
 
@@ -91,6 +92,13 @@ class Reader:
     max_new_tokens: int = 12
     truncated: list = field(default_factory=list)  # questions whose context was cut to fit
     _shared: tuple | None = None  # (token ids every prompt starts with, their KV cache)
+    _cache_kwarg: str = "cache"
+
+    def __post_init__(self):
+        # transformers 5.2x calls the KV cache `cache` (`past_key_values` before, still read with a warning); looked
+        # up once, not at every decoding step
+        if self.model is not None and "cache" not in inspect.signature(self.model.forward).parameters:
+            self._cache_kwarg = "past_key_values"
 
     def render(self, inputs: dict) -> str:
         """{"question", "context": list of Documents | str | None} -> the chat-formatted prompt text."""
@@ -133,8 +141,7 @@ class Reader:
     def _forward(self, ids, cache=None, **kwargs):
         import torch
 
-        # transformers 5.2x calls the KV cache `cache` (`past_key_values` before, still read with a warning)
-        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        name = self._cache_kwarg
         with torch.no_grad():
             out = self.model(torch.tensor([ids], device=self.model.device), **{name: cache}, **kwargs)
         return out, getattr(out, name) if kwargs.get("use_cache") else None
@@ -179,7 +186,7 @@ class Reader:
 
         tok = self.tokenizer
         end_of_turn = tok.eos_token_id  # what the chat template closes an assistant turn with (SmolLM2: <|im_end|>)
-        dull = set(_words(question)) | FUNCTION_WORDS
+        dull = set(word_tokens(question)) | FUNCTION_WORDS
         flat, pieces = [], []  # pieces: (start in flat, tokens per word, words)
         for sentence in sentences:
             for words in candidate_spans(sentence, self.span_words):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import time
 from pathlib import Path
 
@@ -52,22 +51,18 @@ def build_index(spec: W11Spec, runs: Runs, documents: dict[str, str], progress: 
     return run_dir
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
 class Bm25Retriever:
     """Okapi BM25 (rank-bm25's defaults, k1 1.5, b 0.75) over the same chunks."""
 
     def __init__(self, chunks: list[dict]):
         from rank_bm25 import BM25Okapi
 
-        self.chunks, self.bm25 = chunks, BM25Okapi([_words(c["text"]) or ["<empty>"] for c in chunks])
+        self.chunks, self.bm25 = chunks, BM25Okapi([chain.word_tokens(c["text"]) or ["<empty>"] for c in chunks])
 
     def top(self, question: str, k: int) -> list[dict]:
         import numpy as np
 
-        scores = self.bm25.get_scores(_words(question))
+        scores = self.bm25.get_scores(chain.word_tokens(question))
         return [self.chunks[i] for i in np.argsort(-scores, kind="stable")[:k]]
 
 
@@ -130,7 +125,6 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
         chain_retriever = store.as_retriever(search_kwargs={"k": spec.retrieve_k})
     else:
         chain_retriever = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)
-    no_skill = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)  # the twin's draws, in its order
     answer = chain.answer_chain(reader)
     from tqdm.auto import tqdm
 
@@ -153,8 +147,11 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
                 for q in tqdm(questions, desc=name, disable=not progress)]
 
     closed = answer_each("closed-book", lambda q: None)
-    # the twin: its chain already answered with exactly the no-skill retriever's chunks
-    random_context = rag if retriever == "random" else answer_each("random context", lambda q: no_skill.invoke(q.question))
+    if retriever == "random":  # the twin: its chain already answered with exactly the no-skill retriever's chunks
+        random_context = rag
+    else:
+        no_skill = random_retriever_runnable(chunks, spec.seed + 1, spec.retrieve_k)  # the twin's draws, its order
+        random_context = answer_each("random context", lambda q: no_skill.invoke(q.question))
     # the ceiling; the twin's check compares with its baselines only, and skips it
     oracle = answer_each("oracle", lambda q: documents[q.doc_id]) if retriever == "dense" else [None] * len(questions)
 
@@ -169,7 +166,7 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
                                 "closed_book": closed[i], "random_context": random_context[i], "oracle": oracle[i],
                                 "copy": copy[i], "retrieved": [d.metadata["chunk_id"] for d in retrieved[i]],
                                 "rag_f1": scores["rag"]["f1_per_example"][i]}, ensure_ascii=False) + "\n")
-    k, r = spec.retrieve_k, spec.read
+    k, read = spec.retrieve_k, spec.read
     metrics = {
         "f1": scores["rag"]["f1"] / 100, "exact_match": scores["rag"]["exact_match"] / 100,
         **{f"{name}_{m}": scores[name][m] / 100 if name in scores else None
@@ -178,7 +175,7 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
         "recall_at_k": w11.recall_at_k([[by_id[d.metadata["chunk_id"]] for d in docs] for docs in retrieved],
                                        doc_ids, golds, k),
         "bm25_recall_at_k": recall["bm25"][k], "random_recall_at_k": recall["random"][k],
-        "recall": {name: {str(kk): v for kk, v in r_.items()} for name, r_ in recall.items()},
+        "recall": {name: {str(kk): v for kk, v in r.items()} for name, r in recall.items()},
         "k": k, "retriever": retriever,
         "latency_ms": {part: {"p50": _percentile(v, 50), "p95": _percentile(v, 95), "mean": sum(v) / len(v)}
                        for part, v in (("retrieval", retrieval_ms), ("reading", reading_ms),
@@ -191,10 +188,10 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
         "data": f"{qa.description}; {len(documents):,} paragraphs indexed ({manifest['chunks']:,} chunks), "
                 f"{len(questions)} questions on them (seed {spec.seed} sample)",
         "reader": spec.reader, "embedding_model": spec.embedding_model,
-        "reading": f"with a context: the most probable span (P(span, end of turn | prompt), {r.dtype}) of 1-"
-                   f"{r.span_words} words in the {r.sentences} context sentences sharing most words with the "
-                   f"question; closed-book: greedy, max {r.max_new_tokens} new tokens, first line; one prompt for "
-                   f"every condition, <= {r.max_prompt_tokens} tokens (context cut from its end when longer); one "
+        "reading": f"with a context: the most probable span (P(span, end of turn | prompt), {read.dtype}) of 1-"
+                   f"{read.span_words} words in the {read.sentences} context sentences sharing most words with the "
+                   f"question; closed-book: greedy, max {read.max_new_tokens} new tokens, first line; one prompt for "
+                   f"every condition, <= {read.max_prompt_tokens} tokens (context cut from its end when longer); one "
                    f"question at a time",
         "examples": [{"question": q.question, "gold": q.answers[0], "rag": rag[i], "closed_book": closed[i],
                       "copy": copy[i], "oracle": oracle[i]} for i, q in enumerate(questions[:spec.examples_in_report])],
