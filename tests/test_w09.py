@@ -433,7 +433,7 @@ class Sabotaged:
         return stream
 
 
-LOAD_3S = CPU.load.model_copy(update={"duration_s": 3, "max_tokens": 4})
+LOAD_3S = CPU.load.model_copy(update={"duration_s": 3, "max_tokens": 4, "drain_s": 3})
 PROMPTS = ["Say hi.", "Name a fruit."]
 
 
@@ -511,18 +511,25 @@ def test_a_model_failing_mid_stream_ends_the_stream_with_an_error_event(tiny_cha
 
 
 def test_a_server_that_never_answers_fails_latency_and_throughput(tiny_chat_model, tmp_path, healthy_load):
-    """No request completes in the window: locust reports latency 0 and no failures, which passed before."""
+    """No request completes in the window nor in the drain: locust reports latency 0 and no failures, which passed
+    before; here every request sent is unfinished, so failed."""
     r = _load_against(Sabotaged(transformers_backend(tiny_chat_model, max_batch_size=8), hang=True), tmp_path)
     assert r["successful_requests"] == 0 and r["requests_per_s"] == 0, r
+    assert r["unfinished_requests"] > 0 and r["failed_requests"] == r["unfinished_requests"], r
     _fails_latency_and_throughput(r, healthy_load)
+    assert not CPU.targets["failed_requests"].passes(r["failed_requests"])
 
 
-def test_requests_per_second_counts_successes_inside_the_stated_window():
-    log = [{"start": 100.0 + i, "latency_ms": 2500.0, "ok": True} for i in range(10)]  # the last two end late
+def test_requests_per_second_counts_successes_inside_the_stated_window_and_latency_every_request_sent_in_it():
+    log = [{"start": 100.0 + i, "latency_ms": 2500.0 + 1000 * (i >= 8), "ok": True} for i in range(10)]
     log += [{"start": 100.5, "latency_ms": 10.0, "ok": False}]
+    log += [{"sent": x["start"]} for x in log] + [{"sent": 109.5}]  # one sent and never finished
     r = load_test.window_numbers(log, duration_s=10, min_successful=4)
-    assert r["successful_requests"] == 8 and r["requests_per_s"] == pytest.approx(0.8)
-    assert r["failed_requests"] == 1 and r["mean_latency_ms"] == pytest.approx(2500.0)  # the failure is not averaged in
+    assert r["successful_requests"] == 8 and r["requests_per_s"] == pytest.approx(0.8)  # the last two end late
+    assert r["finished_after_the_window"] == 2 and r["unfinished_requests"] == 1
+    assert r["failed_requests"] == 2 and r["requests"] == 12
+    # the late ones count in the latency (drained), the failure does not
+    assert r["mean_latency_ms"] == pytest.approx((8 * 2500 + 2 * 3500) / 10)
     few = load_test.window_numbers(log[:2], duration_s=10, min_successful=4)
     assert few["mean_latency_ms"] != few["mean_latency_ms"] and few["requests_per_s"] == pytest.approx(0.2)
 

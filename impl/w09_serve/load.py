@@ -135,36 +135,42 @@ def _percentiles(values: list[float], enough: bool, prefix: str) -> dict:
 
 
 def window_numbers(log: list[dict], duration_s: float, min_successful: int) -> dict:
-    """The load test's numbers from its request log, as the protocol states them: latency over successful
-    requests only; requests/s = successful requests completed inside the window / the window. Fewer than
-    `min_successful` successes leave the latencies NaN (a target never passes NaN), since a mean of nothing,
-    or of two requests, is no latency of a server under load. Streamed requests add time to first token and
-    inter-token latency (the time from the first token to the last / the tokens after the first, per request, as
-    vLLM's benchmark's TPOT), output tokens/s and the prompt and answer lengths served."""
+    """The load test's numbers from its request log, as the protocol states them: latency over the successful
+    requests sent in the window, each waited for to its end (the drain); requests/s = successful requests
+    completed inside the window / the window; a request that answered an error, or was sent and never finished,
+    failed. Fewer than `min_successful` successes leave the latencies NaN (a target never passes NaN), since a mean
+    of nothing, or of two requests, is no latency of a server under load. Streamed requests add time to first
+    token and inter-token latency (the time from the first token to the last / the tokens after the first, per
+    request, as vLLM's benchmark's TPOT), output tokens/s and the prompt and answer lengths served."""
     import numpy as np
 
-    start = min((r["start"] for r in log), default=0.0)
+    sent = [r["sent"] for r in log if "sent" in r]
+    log = [r for r in log if "sent" not in r]
+    start = min([r["start"] for r in log] + sent, default=0.0)
     end = start + duration_s
-    done = [r for r in log if r["ok"] and r["start"] + r["latency_ms"] / 1000 <= end]
-    ok = [r["latency_ms"] for r in done]
+    finished = [r for r in log if r["ok"]]
+    done = [r for r in finished if r["start"] + r["latency_ms"] / 1000 <= end]
+    ok = [r["latency_ms"] for r in finished]
+    unfinished = max(len(sent) - len(log), 0)
     failed = [r for r in log if not r["ok"]]
     enough = len(ok) >= min_successful
     pct = (lambda q: float(np.percentile(ok, q))) if enough else (lambda q: math.nan)
     numbers = {
-        "requests": len(log), "successful_requests": len(ok), "failed_requests": len(failed),
-        "requests_per_s": len(ok) / duration_s,
+        "requests": len(log) + unfinished, "successful_requests": len(done), "failed_requests": len(failed) + unfinished,
+        "unfinished_requests": unfinished, "finished_after_the_window": len(finished) - len(done),
+        "requests_per_s": len(done) / duration_s,
         "mean_latency_ms": float(np.mean(ok)) if enough else math.nan,
         "p50_latency_ms": pct(50), "p95_latency_ms": pct(95), "p99_latency_ms": pct(99),
         "max_latency_ms": max(ok) if enough else math.nan, "enough_successful_requests": enough,
         "min_successful_requests": min_successful,
     }
-    streamed = [r for r in done if "ttft_ms" in r]
+    streamed = [r for r in finished if "ttft_ms" in r]
     if streamed:
         tokens = [r for r in streamed if (r.get("completion_tokens") or 0) > 1]
         numbers.update({
             **_percentiles([r["ttft_ms"] for r in streamed], enough, "ttft_ms"),
             **_percentiles([r["decode_ms"] / (r["completion_tokens"] - 1) for r in tokens], enough, "itl_ms"),
-            "output_tokens_per_s": sum(r.get("completion_tokens") or 0 for r in streamed) / duration_s,
+            "output_tokens_per_s": sum(r.get("completion_tokens") or 0 for r in done if "ttft_ms" in r) / duration_s,
             "prompt_tokens": _spread([r.get("prompt_tokens") for r in streamed]),
             "completion_tokens": _spread([r.get("completion_tokens") for r in streamed]),
         })
@@ -190,12 +196,14 @@ def run_locust(url: str, load: LoadSpec, prompts: list[str], out_dir: Path, api_
            "W09_API_KEY": api_key or "", "W09_REQUEST_LOG": str(request_log), "W09_MODEL": model_name or "",
            "W09_IGNORE_EOS": "1" if load.fixed_output_length else "0", "W09_STREAM": "1" if load.stream else "0"}
     cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(load.users),
-           "-r", str(load.spawn_rate), "-t", f"{load.duration_s}s", "--host", url, "--csv", str(prefix),
+           "-r", str(load.spawn_rate), "-t", f"{load.duration_s}s", "-s", str(load.drain_s), "--host", url,
+           "--csv", str(prefix),
            "--only-summary", "--loglevel", "WARNING"]
     try:  # locust exits 1 when a request failed: that is a result, read from the log
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=load.duration_s + 120)
+        limit = load.duration_s + load.drain_s + 120
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        raise LoadTestError(f"locust did not finish within {load.duration_s + 120} s") from None
+        raise LoadTestError(f"locust did not finish within {limit} s") from None
     (out_dir / "locust.log").write_text(p.stdout + p.stderr)
     if not prefix.with_name("locust_stats.csv").exists():
         raise LoadTestError(f"locust did not run (exit code {p.returncode}):\n{(p.stdout + p.stderr)[-3000:]}")
@@ -218,8 +226,9 @@ def protocol(load: LoadSpec, prompts: int) -> str:
               if load.stream else "not streamed")
     return (f"locust headless, {load.users} users spawned at {load.spawn_rate:g}/s, {load.duration_s} s, no think "
             f"time; {load.endpoint}, {prompts} held-out prompts sampled with seed {load.seed} and taken in turn, "
-            f"{lengths}{ends}, greedy, {timing}; latency over successful requests, requests/s = successful requests "
-            f"completed in the {load.duration_s} s window / {load.duration_s} s")
+            f"{lengths}{ends}, greedy, {timing}; latency over the successful requests sent in the window, each "
+            f"waited for to its end (up to {load.drain_s} s after it; one unfinished then failed), requests/s = "
+            f"successful requests completed in the {load.duration_s} s window / {load.duration_s} s")
 
 
 def server_batches(server: Server) -> dict:

@@ -7,7 +7,7 @@
 A request counts as failed unless it answers 200 with one choice with text (streamed: server-sent events in
 OpenAI's chunk format ending with [DONE], no error event). With W09_REQUEST_LOG set, every finished request is
 appended there (start time, latency, ok; streamed: time to first token, the time from the first token to the
-last, and the usage's token counts): the suite computes its numbers from that log, over successful requests and
+last, and the usage's token counts), and every request sent when it is sent (so one never finished is seen): the suite computes its numbers from that log, over successful requests and
 the stated window, instead of locust's aggregate (which averages failed requests in and divides by the time to
 the last request).
 """
@@ -35,6 +35,12 @@ def _fresh_clock(environment, **kwargs):
     import gevent
 
     gevent.get_hub().loop.update_now()
+
+
+def _begin(start: float) -> None:
+    """A request sent: a request sent but never recorded as finished did not finish before locust stopped."""
+    if _log:
+        _log.write(json.dumps({"sent": start}) + "\n")
 
 
 def _record(start: float, ok: bool, why: str = "", **streamed) -> None:
@@ -99,6 +105,7 @@ class Client(HttpUser):
             body["prompt"] = entry["prompt"]
         headers = {"Authorization": f"Bearer {KEY}"} if KEY else {}
         start = time.time()
+        _begin(start)
         with self.client.post(ENDPOINT, json=body, headers=headers, name=ENDPOINT, catch_response=True,
                               stream=STREAM) as r:
             why, streamed = "", {}

@@ -86,6 +86,10 @@ class LoadSpec(Strict):
     users: int = 8
     spawn_rate: float = 8.0
     duration_s: int = 10
+    # after the window, requests in flight are waited for this long (locust --stop-timeout) and their latency
+    # counts: cut off at the window, a slow server's most-queued requests would drop out of its mean latency.
+    # One still unfinished then is a failed request.
+    drain_s: int = 60
     max_tokens: int | tuple[int, int] = 16
     fixed_output_length: bool = True  # ignore_eos: every answer max_tokens long; false: the model's EOS ends it
     stream: bool = False  # server-sent events: time to first token and inter-token latency are measured
