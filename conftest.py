@@ -79,7 +79,8 @@ def pytest_configure_node(node):  # xdist controller -> each worker: one session
 # The order in which pytest-xdist hands out work: the longest groups first, so two workers finish together.
 # w09's and w15's checks reuse w07's tuned model, so they run on w07's worker, after it; w15 also reads w01's GPT,
 # so w01 goes first on the other worker and is done before w15 asks for it (else w15 trains a copy of its own).
-XDIST_ORDER = ["acceptance:w07", "acceptance:w01", "acceptance:w03", "acceptance:w17", "acceptance:w21",
+# w17's twins (~11 min: the profile's own stages, trained once for all of them) are the longest test module.
+XDIST_ORDER = ["acceptance:w07", "acceptance:w01", "tests/test_w17.py", "acceptance:w03", "acceptance:w17", "acceptance:w21",
                "acceptance:w11", "acceptance:w05", "acceptance:w19", "acceptance:w13", "acceptance:w23"]  # w23 last: the portfolio reads the scorecard the others write
 SHARES_W07_MODEL = ("w09", "w15")
 

@@ -172,8 +172,9 @@ def _train_w17(spec, runs, profile):
     r = adapters.w17_rlhf(spec, runs, progress=True)
     m = r.metrics
     print(f"reward model held-out pair accuracy {m['pair_accuracy']:.3f}; RLHF vs SFT: win rate {m['win_rate']:.3f} "
-          f"({m['wins']} wins, {m['losses']} losses, {m['ties']} ties), judged score {m['judged_score_rlhf']:.3f} vs "
-          f"{m['judged_score_sft']:.3f}, KL to the SFT policy {m['kl_to_reference']:.2f} nats")
+          f"({m['wins']} wins, {m['losses']} losses, {m['ties']} ties; VADER's second opinion "
+          f"{m['lexicon_win_rate']:.3f}), fluency drop {m['fluency_drop']:.3f} "
+          f"nats/token, diversity {m['diversity']:.3f}, KL to the SFT policy {m['kl_to_reference']:.2f} nats")
     return r
 
 

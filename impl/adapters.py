@@ -259,27 +259,21 @@ def w21_build_image(spec=None, **kw) -> dict:
 
 
 # --- w17: RLHF (SFT, reward model, PPO) ------------------------------------------------------------------------
-def w17_rlhf(spec, runs: Runs, progress: bool = False, shuffle_pairs: bool = False) -> RunResult:
-    """The three stages (SFT policy; preference pairs + TRL RewardTrainer; PPO against the reward model; TRL's
-    GRPO as a comparison when the profile has `grpo`), each resumed when interrupted and reused when complete if
-    `runs.reuse`, then the RLHF policy judged against the SFT policy on held-out prompts; metrics:
-    win_rate (ties half), wins/losses/ties, judged_score_rlhf/sft, pair_accuracy (held-out pairs),
-    kl_to_reference, reward_curve, repetition_rate and distinct_1/2 of both policies, examples.
-    `shuffle_pairs` (the reward model's twin): half the training pairs' labels swapped. The PPO twin: ppo.lr 0."""
+def w17_rlhf(spec, runs: Runs, progress: bool = False, shuffle_pairs: bool = False,
+             sabotage: str | None = None) -> RunResult:
+    """The three stages (SFT policy; preference pairs labelled by a sentiment classifier trained on human labels +
+    TRL RewardTrainer; PPO against the reward model; TRL's GRPO as a comparison when the profile has `grpo`), each
+    resumed when interrupted and reused when complete if `runs.reuse`, then the RLHF policy judged against the SFT
+    policy on held-out prompts; metrics: win_rate (the naive-Bayes judge on the human labels the labeller never saw,
+    ties half), wins/losses/ties, lexicon_win_rate (VADER, not gated), fluency_drop (the fluency
+    LM's per-token log-likelihood, SFT minus RLHF), diversity (distinct-2 RLHF / SFT), pair_accuracy with its
+    baselines (untrained head, SFT log-likelihood ranking), kl_to_reference, reward_curve, examples.
+    `shuffle_pairs` (the reward model's twin): half the training pairs' labels swapped. `sabotage`: the SFT policy
+    at a colder temperature ("sft_at_0.5", "sft_at_0.7") or a favourite-words policy ("favourite_words") judged in
+    the PPO policy's place. The PPO twin: ppo.lr 0."""
     from impl.w17_rlhf import run
 
-    return run.run(spec, runs, progress, shuffle_pairs)
-
-
-def w17_judge(spec, prompts: list[str], rlhf_answers: list[str], sft_answers: list[str]) -> dict:
-    """The profile's judge on two policies' answers to the same prompts: win_rate of the first, ties, judged
-    scores, repetition_rate and distinct-n of both (a repetitive answer counts as a loss)."""
-    from impl.core.hf import resolve_model
-    from impl.w17_rlhf.judge import Judge, compare
-
-    judge = Judge(resolve_model(spec.judge.model), spec.judge.batch_size)
-    return compare(prompts, rlhf_answers, sft_answers, judge.score(prompts, rlhf_answers),
-                   judge.score(prompts, sft_answers), spec.judge.min_distinct)
+    return run.run(spec, runs, progress, shuffle_pairs, sabotage)
 
 
 def w17_read_pairs(path) -> list[dict]:

@@ -1,8 +1,10 @@
-"""w17's sabotage twins (PPO at learning rate 0 equals the SFT policy and fails the win-rate and judged-margin
-targets; a reward model trained on shuffled pairs fails its pair-accuracy target; a policy that games the reward
-model by repeating itself loses under the judge), PPO's pieces (GAE, the clipped objective, whitening), the
-preference file's checks (one clear error, nothing written), stage reuse, and the gpu1 path (a pretrained
-policy and judge from directories) shrunk onto this CPU."""
+"""w17's sabotage twins, each on the cpu profile's own spec and counts (its SFT policy, pairs, reward model and 512
+test prompts): the SFT policy sampled colder (T 0.5, 0.7) against itself at the evaluation temperature, PPO at
+learning rate 0, a reward model trained on shuffled labels (and PPO on it), and a policy repeating the reward's
+favourite words each fail a target the real run passes (the positive control, the same stages). Then PPO's
+pieces (GAE, the clipped objective, whitening), the labeller and the judges, the preference file's checks (one
+clear error, nothing written), stage reuse and resume, and the gpu1 path (a pretrained policy, an IMDb-format
+local directory) shrunk onto this CPU."""
 import json
 
 import pytest
@@ -13,86 +15,108 @@ from impl.core.artifacts import Runs
 from impl.core.profiles import load_profile, override
 from impl.units import w17
 from impl.w17_rlhf import ppo
-from impl.w17_rlhf.data import PreferenceDataError
-from impl.w17_rlhf.judge import degenerate, distinct_n, verdicts
+from impl.w17_rlhf.data import Labelled, PreferenceDataError
+from impl.w17_rlhf.judge import LexiconJudge, SentimentJudge, compare, degenerate, distinct_n, verdicts
+from impl.w17_rlhf.reward import Labeller
 from tests.conftest import tiny_llama_dir
 
 CPU = load_profile("cpu").milestone("w17")
 GPU1 = load_profile("gpu1").milestone("w17")
-SHRUNK = dict(sft={"steps": 150, "batch_size": 32}, pairs={"prompts": 128},
-              reward={"epochs": 2, "batch_size": 16}, ppo={"iterations": 2, "batch_size": 8, "minibatch_size": 4, "epochs": 1},
-              test_prompts=16)
+TWIN = override(CPU, grpo=None)  # the comparison stage is not what a twin tests; every other stage is the profile's
+SHRUNK = dict(policy={"scratch": {"n_layer": 2, "n_head": 2, "n_embd": 64}, "tokenizer": "bpe:1024"},
+              sft={"steps": 60, "batch_size": 16}, pairs={"prompts": 48}, reward={"epochs": 1, "batch_size": 16},
+              ppo={"iterations": 2, "batch_size": 8, "minibatch_size": 4, "epochs": 1}, test_prompts=16, grpo=None)
 
 
 @pytest.fixture(scope="module")
-def judge_dir(tmp_path_factory):
-    return tiny_llama_dir(tmp_path_factory.mktemp("judge"))
-
-
-@pytest.fixture(scope="module")
-def shared_runs(tmp_path_factory):
-    """One artifacts root for the module: the shrunk SFT run (and its tokenizer) is trained once and reused."""
+def profile_runs(tmp_path_factory):
+    """One artifacts root for the twins: the profile's SFT policy, pairs and reward model trained once, reused."""
     return Runs("w17", "test", reuse=True, root=tmp_path_factory.mktemp("artifacts"))
 
 
-def shrunk(spec, judge_dir, **more):
-    small = override(spec, policy={"scratch": {"n_layer": 2, "n_head": 2, "n_embd": 64}, "tokenizer": "bpe:1024"},
-                     judge={"model": judge_dir}, **SHRUNK)
-    return override(small, **more)
+@pytest.fixture(scope="module")
+def real(profile_runs):
+    """The positive control: the profile's own run (without the GRPO comparison)."""
+    return adapters.w17_rlhf(TWIN, profile_runs).metrics
 
 
-def _fails(target, value, baselines=None) -> bool:
-    return not target.passes(target.checked_value(value, baselines))
+def _fails(name: str, m: dict) -> bool:
+    target = CPU.targets[name]
+    if name == "pair_accuracy":
+        baselines = {"chance": 0.5, "untrained": m["untrained_pair_accuracy"], "sft_loglik": m["sft_loglik_pair_accuracy"]}
+    else:
+        baselines = None
+    return not target.passes(target.checked_value(m[name], baselines))
+
+
+def test_the_real_run_passes_every_target_it_is_the_twins_positive_control(real):
+    assert [name for name in CPU.targets if _fails(name, real)] == [], {k: real[k] for k in CPU.targets}
 
 
 # --- the sabotage twins ------------------------------------------------------------------------------------------
-def test_ppo_at_learning_rate_zero_answers_as_the_sft_policy_and_fails_the_win_rate_targets(shared_runs, judge_dir):
-    m = adapters.w17_rlhf(shrunk(CPU, judge_dir, ppo={"lr": 0.0}), shared_runs).metrics
-    assert m["ties"] == m["judged_prompts"] == 16 and m["win_rate"] == 0.5  # identical answers: every vote a tie
-    assert m["kl_to_reference"] == 0.0
-    assert _fails(CPU.targets["win_rate"], m["win_rate"])
-    assert _fails(CPU.targets["judge_margin"], m["judged_score_rlhf"], {"sft": m["judged_score_sft"]})
-    assert len(m["reward_curve"]) == 2 and m["runs"]["sft"] and m["pair_accuracy"] >= 0
+@pytest.mark.parametrize("colder", ["sft_at_0.5", "sft_at_0.7"])
+def test_the_sft_policy_sampled_colder_does_not_win(profile_runs, real, colder):
+    """What temperature alone does: the pairs differ by the labeller, not by temperature, and the judge scores
+    sentiment, not likelihood."""
+    m = adapters.w17_rlhf(TWIN, profile_runs, sabotage=colder).metrics
+    assert m["runs"] == real["runs"] and m["sabotage"] == colder
+    assert _fails("win_rate", m), m["win_rate"]
 
 
-def test_a_reward_model_trained_on_shuffled_pairs_fails_its_pair_accuracy_target(shared_runs, judge_dir):
-    """The cpu target on a smaller SFT policy's pairs: the same reward training passes it, and fails it with half
-    the labels swapped."""
-    target = CPU.targets["pair_accuracy"]
-    real, shuffled = (adapters.w17_rlhf(shrunk(CPU, judge_dir, ppo={"iterations": 1}), shared_runs,
-                                        shuffle_pairs=sh).metrics for sh in (False, True))
-    assert shuffled["shuffle_pairs"] and shuffled["untrained_pair_accuracy"] == real["untrained_pair_accuracy"]
-    base = lambda m: {"chance": 0.5, "untrained": m["untrained_pair_accuracy"]}  # noqa: E731
-    assert _fails(target, shuffled["pair_accuracy"], base(shuffled)), shuffled["pair_accuracy"]
-    assert not _fails(target, real["pair_accuracy"], base(real)), real["pair_accuracy"]
+def test_ppo_at_learning_rate_zero_answers_as_the_sft_policy_and_fails_the_win_rate(profile_runs, real):
+    """Two iterations instead of the profile's: at learning rate 0 the policy after any number is the SFT policy."""
+    m = adapters.w17_rlhf(override(TWIN, ppo={"lr": 0.0, "iterations": 2}), profile_runs).metrics
+    assert m["ties"] == m["judged_prompts"] == CPU.test_prompts and m["win_rate"] == 0.5  # identical answers
+    assert m["kl_to_reference"] == 0.0 and m["runs"]["reward"] == real["runs"]["reward"]
+    assert _fails("win_rate", m)
 
 
-def test_a_policy_that_games_the_reward_model_by_repeating_itself_fails_under_the_judge():
-    """A likelihood judge prefers repetition (SmolLM2 finds "the the the ..." likelier than Austen's own words);
-    the degenerate answers still lose every vote, so the win rate and the judged margin fail."""
-    prompts = ["It was a truth universally acknowledged, that", "Emma Woodhouse, handsome, clever, and",
-               "The family of Dashwood had long been", "Sir Walter Elliot, of Kellynch Hall, was a man who"]
-    honest = [" a single man in possession of a good fortune must be in want of a wife.",
-              " rich, with a comfortable home and happy disposition, seemed to unite some blessings.",
-              " settled in Sussex. Their estate was large, and their residence was at Norland Park.",
-              " for his own amusement, never took up any book but the Baronetage."]
-    hacked = [" the the the the the the the the the the the the", " and and and and and and and and and and",
-              " of the of the of the of the of the of the", " was was was was was was was was was was"]
-    m = adapters.w17_judge(CPU, prompts, hacked, honest)
-    assert m["judge_loglik_rlhf"] > m["judge_loglik_sft"]  # the raw likelihood is fooled ...
-    assert m["repetition_rate_rlhf"] == 1.0 and m["losses"] == 4 and m["win_rate"] == 0.0  # ... the verdicts are not
-    assert _fails(CPU.targets["win_rate"], m["win_rate"])
-    assert _fails(CPU.targets["judge_margin"], m["judged_score_rlhf"], {"sft": m["judged_score_sft"]})
-    assert m["distinct_1_rlhf"] < m["distinct_1_sft"]
+def test_a_reward_model_on_shuffled_labels_fails_its_pair_accuracy_and_ppo_on_it_does_not_win(profile_runs, real):
+    m = adapters.w17_rlhf(TWIN, profile_runs, shuffle_pairs=True).metrics
+    assert m["runs"]["sft"] == real["runs"]["sft"] and m["runs"]["reward"] != real["runs"]["reward"]
+    assert m["untrained_pair_accuracy"] == real["untrained_pair_accuracy"]
+    assert _fails("pair_accuracy", m), m["pair_accuracy"]
+    assert _fails("win_rate", m), m["win_rate"]
 
 
-# --- the judge's rules and PPO's pieces ----------------------------------------------------------------------------
-def test_degenerate_answers_ties_and_distinct_n():
+def test_a_policy_repeating_the_rewards_favourite_words_wins_on_sentiment_and_fails_fluency_and_diversity(
+        profile_runs, real):
+    m = adapters.w17_rlhf(TWIN, profile_runs, sabotage="favourite_words").metrics
+    assert not _fails("win_rate", m), m["win_rate"]  # the judge alone would be fooled ...
+    assert _fails("fluency_drop", m) and _fails("diversity", m), (m["fluency_drop"], m["diversity"])  # ... not the gates
+    assert m["examples"][0]["rlhf"].split()[0] in m["favourite_words"]
+
+
+# --- the labeller and the judges -----------------------------------------------------------------------------------
+def test_the_labeller_learns_sentiment_from_human_labels():
+    texts = ["a wonderful, moving film", "dull and boring", "funny and charming", "a tedious mess",
+             "beautiful performances", "bad, too long"] * 3
+    labeller = Labeller(Labelled(texts, [1, 0, 1, 0, 1, 0] * 3))
+    pos, neg = labeller.positive(["a charming, wonderful story", "a boring, tedious story"])
+    assert pos > 0.5 > neg and labeller.accuracy(Labelled(texts[:6], [1, 0, 1, 0, 1, 0])) == 1.0
+    assert set(labeller.favourite_words(3)) <= {"wonderful", "moving", "funny", "charming", "beautiful", "performances",
+                                                "film", "and", "a"}
+
+
+def test_the_judge_learns_sentiment_from_its_own_human_labels_pointwise_and_ties_equal_answers():
+    texts = ["a wonderful, moving film", "dull and boring", "funny and charming", "a tedious mess",
+             "beautiful performances", "bad, too long"] * 3
+    judge = SentimentJudge(Labelled(texts, [1, 0, 1, 0, 1, 0] * 3))
+    good, bad, flat = judge.score(["The film was"] * 3, [" wonderful and moving.", " dull and painful.", " long."])
+    assert good > 0.5 > bad and judge.accuracy(Labelled(texts[:6], [1, 0, 1, 0, 1, 0])) == 1.0
+    assert verdicts([good, bad, flat], [bad, good, flat]) == [1, -1, 0]
+    m = compare(["a b c", "d e f"], ["a b c", "a b c"], [0.5, 0.1], [0.1, 0.1], [-2.0, -2.0], [-1.0, -1.0])
+    assert m["win_rate"] == 0.75 and m["fluency_drop"] == 1.0 and m["diversity"] == pytest.approx(1.0 / 0.5)
+
+
+def test_the_lexicon_second_opinion_scores_sentiment_without_training():
+    good, bad, flat = LexiconJudge().score(["The film was"] * 3, [" wonderful and moving.", " dull and painful.", " long."])
+    assert good > 0 > bad and flat == 0.0
+
+
+def test_degenerate_answers_and_distinct_n():
     assert degenerate("the cat sat on the cat sat") and degenerate("so so so so so") and degenerate("")
     assert not degenerate(" she walked to the village, and the rain began")
-    assert verdicts([-1.0, -2.0, -1.0, -3.0], [-2.0, -1.0, -1.0, -1.0], [False, False, False, True],
-                    [False, False, False, True]) == [1, -1, 0, 0]
-    assert verdicts([-1.0], [-5.0], [True], [False]) == [-1]  # a degenerate answer loses whatever its likelihood
     assert distinct_n(["a b c", "a b d"], 1) == 4 / 6 and distinct_n(["a b c", "a b d"], 2) == 3 / 4
 
 
@@ -120,7 +144,7 @@ def test_the_clipped_objective_stops_pushing_past_the_clip_range():
 @pytest.mark.parametrize("row, message", [({"prompt": "It was", "chosen": " a truth"}, "missing field 'rejected'"),
                                           ({"prompt": "It was", "chosen": " a truth", "rejected": "  "},
                                            "field 'rejected' is an empty answer")])
-def test_a_bad_preference_file_is_one_clear_error_and_nothing_is_written(tmp_path, judge_dir, row, message):
+def test_a_bad_preference_file_is_one_clear_error_and_nothing_is_written(tmp_path, row, message):
     good = {"prompt": "She said", "chosen": " nothing at all.", "rejected": " blam wre Cable."}
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in [good] * 5 + [row]) + "\n")
@@ -128,24 +152,37 @@ def test_a_bad_preference_file_is_one_clear_error_and_nothing_is_written(tmp_pat
         adapters.w17_read_pairs(path)
     runs = Runs("w17", "test", root=tmp_path / "artifacts")
     with pytest.raises(PreferenceDataError, match=message):
-        adapters.w17_rlhf(shrunk(CPU, judge_dir, pairs={"file": str(path)}), runs)
+        adapters.w17_rlhf(override(override(CPU, **SHRUNK), pairs={"file": str(path)}), runs)
     assert not (tmp_path / "artifacts").exists()
 
 
+def test_pairs_the_labeller_cannot_tell_apart_are_one_clear_error(tmp_path):
+    """No two answers differ by 1.0 in P(positive): no pair is left, and the error says which settings to change."""
+    runs = Runs("w17", "test", root=tmp_path / "artifacts")
+    with pytest.raises(PreferenceDataError, match=r"0 preference pairs \(generated\).*pairs.min_margin 1.0"):
+        adapters.w17_rlhf(override(override(CPU, **SHRUNK), pairs={"min_margin": 1.0}), runs)
+    assert not list((tmp_path / "artifacts" / "w17" / "reward").rglob("pairs.jsonl"))
+
+
 # --- stages ----------------------------------------------------------------------------------------------------------
-def test_each_stage_is_its_own_run_and_a_later_change_reuses_the_earlier_stages(shared_runs, judge_dir):
-    a = adapters.w17_rlhf(shrunk(CPU, judge_dir, ppo={"lr": 0.0}), shared_runs).metrics
-    b = adapters.w17_rlhf(shrunk(CPU, judge_dir, ppo={"lr": 0.0, "kl_coef": 0.5}), shared_runs).metrics
+@pytest.fixture(scope="module")
+def shrunk_runs(tmp_path_factory):
+    return Runs("w17", "test", reuse=True, root=tmp_path_factory.mktemp("shrunk"))
+
+
+def test_each_stage_is_its_own_run_and_a_later_change_reuses_the_earlier_stages(shrunk_runs):
+    a = adapters.w17_rlhf(override(CPU, **SHRUNK), shrunk_runs).metrics
+    b = adapters.w17_rlhf(override(override(CPU, **SHRUNK), ppo={"kl_coef": 0.5}), shrunk_runs).metrics
     assert a["runs"]["sft"] == b["runs"]["sft"] and a["runs"]["reward"] == b["runs"]["reward"]
     assert a["runs"]["ppo"] != b["runs"]["ppo"]
-    again = adapters.w17_rlhf(shrunk(CPU, judge_dir, ppo={"lr": 0.0}), shared_runs)
+    again = adapters.w17_rlhf(override(CPU, **SHRUNK), shrunk_runs)
     assert again.reused and again.metrics["win_rate"] == a["win_rate"]
 
 
-def test_an_interrupted_ppo_run_resumes_from_its_checkpoint(shared_runs, judge_dir, monkeypatch, tmp_path):
+def test_an_interrupted_ppo_run_resumes_from_its_checkpoint(shrunk_runs, monkeypatch, tmp_path):
     """Checkpoint after iteration 1, iteration 2 logged but not checkpointed, killed in iteration 3: the resumed
     run writes each iteration's row once and reproduces the uninterrupted run's curves."""
-    spec = shrunk(CPU, judge_dir, ppo={"iterations": 3, "lr": 5e-5})
+    spec = override(override(CPU, **SHRUNK), ppo={"iterations": 3, "lr": 5e-5})
     calls = {"n": 0}
     real = ppo.ppo_losses
 
@@ -160,8 +197,8 @@ def test_an_interrupted_ppo_run_resumes_from_its_checkpoint(shared_runs, judge_d
     monkeypatch.setattr(ppo, "CHECKPOINT_EVERY", 1)
     monkeypatch.setattr(ppo, "ppo_losses", dies_in_the_third_iteration)
     with pytest.raises(KeyboardInterrupt):
-        adapters.w17_rlhf(spec, shared_runs)
-    [run_dir] = [d for d in (shared_runs.root / "w17" / "ppo" / "test").iterdir()
+        adapters.w17_rlhf(spec, shrunk_runs)
+    [run_dir] = [d for d in (shrunk_runs.root / "w17" / "ppo" / "test").iterdir()
                  if (d / "checkpoint.pt").exists() and not (d / "metrics.json").exists()]
 
     def read_log():
@@ -169,27 +206,43 @@ def test_an_interrupted_ppo_run_resumes_from_its_checkpoint(shared_runs, judge_d
 
     assert read_log() == [1, 2] and torch.load(run_dir / "checkpoint.pt", weights_only=False)["iteration"] == 1
     monkeypatch.setattr(ppo, "ppo_losses", real)
-    m = adapters.w17_rlhf(spec, shared_runs).metrics
+    m = adapters.w17_rlhf(spec, shrunk_runs).metrics
     assert m["runs"]["ppo"] == str(run_dir) and not (run_dir / "checkpoint.pt").exists()
     assert read_log() == [1, 2, 3] and len(m["reward_curve"]) == 3  # iteration 2's row once, not twice
     from impl.w17_rlhf.run import stages
 
-    prompts, s, r, _, _ = stages(spec, shared_runs)  # every stage reused: only the prompts are rebuilt
+    prompts, s, r, _, _ = stages(spec, shrunk_runs)  # every stage reused: only the prompts are rebuilt
     straight = ppo.run(spec, prompts, s.run_dir / "model", r.run_dir / "model", tmp_path).metrics
     assert straight["reward_curve"] == m["reward_curve"] and straight["kl_curve"] == m["kl_curve"]
 
 
 # --- the gpu1 path, shrunk -------------------------------------------------------------------------------------------
+def imdb_dir(out, rows):
+    """What `datasets` fetches for stanfordnlp/imdb (text, label), as one train parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [y for _, y in rows]}),
+                   out / "train-00000-of-00001.parquet")
+    return out
+
+
 @pytest.mark.gpu_smoke
-def test_the_gpu1_path_fine_tunes_a_pretrained_policy_and_judges_it_with_a_pretrained_judge(tmp_path, judge_dir):
-    """gpu1's protocol (a pretrained policy fine-tuned by SFT, its own tokenizer, the judge from the hub) with both
-    models replaced by tiny local directories and every size shrunk."""
-    policy = tiny_llama_dir(tmp_path / "policy", hidden=32)
-    spec = override(override(GPU1, judge={"model": judge_dir}, **SHRUNK), policy={"model": policy, "scratch": None},
-                    sft={"steps": 10}, pairs={"prompts": 24}, grpo={"steps": 2, "batch_size": 8, "num_generations": 4},
-                    data={"corpus": ["austen"]})  # one corpus: the same code path, half the sentences to tokenise
+def test_the_gpu1_path_fine_tunes_a_pretrained_policy_on_imdb_format_data(tmp_path):
+    """gpu1's protocol (a pretrained policy fine-tuned by SFT with its own tokenizer, IMDb from the hub, the fluency
+    LM from the hub) with the models replaced by tiny local directories, the data by real Pang & Lee sentences in
+    IMDb's parquet layout, and every size shrunk."""
+    from impl.core.fixtures import read_documents
+
+    rows = [(r["text"], r["label"]) for r in read_documents("pang-lee", "sentences.jsonl")][:1500]
+    policy, judge = tiny_llama_dir(tmp_path / "policy", hidden=32), tiny_llama_dir(tmp_path / "judge")
+    shrunk = {k: v for k, v in SHRUNK.items() if k != "policy"}  # gpu1's policy is pretrained, not built from config
+    spec = override(override(GPU1, **shrunk), policy={"model": policy},
+                    data={"local_dir": str(imdb_dir(tmp_path / "imdb", rows))}, judge={"fluency_model": judge},
+                    sft={"steps": 10}, pairs={"prompts": 48, "min_margin": 0.0}, grpo={"steps": 2, "batch_size": 8, "num_generations": 4})
     m = adapters.w17_rlhf(spec, Runs("w17", "test", root=tmp_path / "artifacts")).metrics
-    assert 0 <= m["win_rate"] <= 1 and m["wins"] + m["losses"] + m["ties"] == 16
+    assert 0 <= m["win_rate"] <= 1 and m["wins"] + m["losses"] + m["ties"] == 16 and "local copy of stanfordnlp/imdb" in m["data"]
     assert m["policy"] == policy and len(m["kl_curve"]) == 2 and m["heldout_pairs"] > 0
     g = m["grpo"]  # the comparison row: TRL's GRPOTrainer on the same reward model, judged the same way
     assert len(g["reward_curve"]) == 2 and g["wins"] + g["losses"] + g["ties"] == 16

@@ -1,20 +1,23 @@
-"""Prompts from the offline corpora, and preference pairs as a checked JSONL file.
+"""Prompts and human sentiment labels, and preference pairs as a checked JSONL file.
 
-A prompt is the opening `prompt_tokens` tokens of a sentence (a sentence long enough to hold prompt + answer);
-its continuation in the book is the SFT demonstration. Chapters go wholly to the training side (SFT windows,
-preference prompts, PPO prompts) or the test side (the prompts the RLHF and SFT policies are judged on) by a hash
-of their id, so no test prompt was seen in any stage of training.
+Offline (cpu): the `pang-lee` fixture, 10,531 movie-review sentences (Pang & Lee 2005), each labelled positive or
+negative by the sign of the mean of ten human ratings (shipped with vaderSentiment). Hub (gpu1): a dataset with a
+text and a 0/1 label column (stanfordnlp/imdb: reviews), its `split`, or that split's parquet files in
+`local_dir`. A prompt is the opening `prompt_tokens` tokens of a text; its next `answer_tokens` tokens are the SFT
+demonstration. Texts go wholly to the test side (the prompts the policies are judged on) or the training side
+(SFT, preference prompts, PPO prompts) by a hash of their id. The human labels of the training side are split by
+another hash: the labeller (reward.py), which labels the preference pairs, learns `labelled_fraction` of them; the
+judge (judge.py), which stands in for the human raters, learns the rest. Both are scored on the test side's labels.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from impl.core.corpora import in_val
+from impl.core.corpora import DataError, hub_dataset, in_val
 from impl.core.errors import MilestonesError
 from impl.core.fixtures import read_documents
 
@@ -26,34 +29,70 @@ class PreferenceDataError(MilestonesError, ValueError):
 
 
 @dataclass
+class Labelled:
+    texts: list[str]
+    labels: list[int]
+
+
+@dataclass
 class Prompts:
-    train: list[list[int]]  # token ids: prompt + answer_tokens of the book's own continuation
+    train: list[list[int]]  # token ids: prompt + answer_tokens of the text's own continuation
     test: list[list[int]]  # prompt tokens only
+    labelled: Labelled  # the labeller's training texts (human labels)
+    unlabelled: Labelled  # the rest of the training side's labels, which the labeller never sees: the judge's
+    heldout: Labelled  # the test side's texts and labels: the labeller's and the judge's accuracy
     description: str
 
 
-def sentences(text: str) -> list[str]:
-    text = re.sub(r"\s+", " ", text)
-    return [s.strip() for s in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'])", text) if s.strip()]
+def labelled_rows(data) -> tuple[list[tuple[str, str, int]], str]:
+    """(id, text, label 0/1) rows and where they came from."""
+    if data.source == "offline":
+        rows = [(r["id"], r["text"], int(r["label"])) for name in data.corpus
+                for r in read_documents(name, "sentences.jsonl")]
+        return rows, f"{'+'.join(data.corpus)} movie-review sentences (human labels: the sign of 10 ratings' mean)"
+    ds, origin = hub_dataset(data.hub_path, data.hub_name, data.local_dir, (data.split,))
+    table = ds[data.split]
+    for col in (data.text_column, data.label_column):
+        if col not in table.column_names:
+            raise DataError(f"{origin}: no column {col!r}; columns: {table.column_names}")
+    rows = [(f"{data.split}/{i}", t, int(y)) for i, (t, y) in enumerate(zip(table[data.text_column],
+                                                                             table[data.label_column]))]
+    return rows, f"{origin}, split {data.split}"
 
 
 def load_prompts(spec, tokenizer) -> Prompts:
-    """Every long-enough sentence of the corpora as token ids, training chapters and test chapters apart."""
+    """Every text long enough for prompt + answer, as token ids, the training and test sides apart; the human
+    labels of the training side split between the labeller and its held-out check."""
+    rows, origin = labelled_rows(spec.data)
+    if {y for _, _, y in rows} - {0, 1}:
+        raise DataError(f"{origin}: labels must be 0 (negative) and 1 (positive); got {sorted({y for *_, y in rows})[:5]}")
     need = spec.prompt_tokens + spec.answer_tokens
-    train, test, docs = [], [], 0
-    for name in spec.data.corpus:
-        for doc in read_documents(name):
-            docs += 1
-            held_out = in_val(doc["id"], spec.data.val_fraction)
-            sents = sentences(doc["text"])
-            for ids in (tokenizer(sents)["input_ids"] if sents else []):  # one batched call a chapter: fast
-                if len(ids) >= need:
-                    (test if held_out else train).append(ids[:spec.prompt_tokens] if held_out else ids[:need])
+    train, test = [], []
+    labelled, unlabelled, heldout = Labelled([], []), Labelled([], []), Labelled([], [])
+    ids_all = tokenizer([t for _, t, _ in rows])["input_ids"] if rows else []
+    for (rid, text, label), ids in zip(rows, ids_all):
+        if in_val(rid, spec.data.val_fraction):
+            if len(ids) >= need:
+                test.append(ids[:spec.prompt_tokens])
+            heldout.texts.append(text)
+            heldout.labels.append(label)
+            continue
+        if len(ids) >= need:
+            train.append(ids[:need])
+        half = labelled if in_val("label:" + rid, spec.pairs.labelled_fraction) else unlabelled
+        half.texts.append(text)
+        half.labels.append(label)
     if not train or not test:
-        raise PreferenceDataError(f"corpus {spec.data.corpus}: no sentences of >= {need} tokens on one side")
-    return Prompts(train, test, f"{'+'.join(spec.data.corpus)}: openings ({spec.prompt_tokens} tokens) of sentences "
-                                f"of >= {need} tokens; {len(train):,} training / {len(test):,} test sentences "
-                                f"({docs} chapters/files split by sha256 of id, val_fraction {spec.data.val_fraction})")
+        raise PreferenceDataError(f"{origin}: no texts of >= {need} tokens on one side (train {len(train)}, test "
+                                  f"{len(test)})")
+    if len(set(labelled.labels)) < 2 or len(set(unlabelled.labels)) < 2:
+        raise DataError(f"{origin}: the labeller and the judge each need both labels among the training side's "
+                        f"({len(labelled.texts)} and {len(unlabelled.texts)} texts)")
+    return Prompts(train, test, labelled, unlabelled, heldout,
+                   f"{origin}: openings ({spec.prompt_tokens} tokens) of texts of >= {need} tokens; {len(train):,} "
+                   f"training / {len(test):,} test texts (split by sha256 of id, val_fraction "
+                   f"{spec.data.val_fraction}); the labeller learns {len(labelled.texts):,} human labels, the judge "
+                   f"the other {len(unlabelled.texts):,}")
 
 
 def sample(items: list, n: int, seed: int) -> list:

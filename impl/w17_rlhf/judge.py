@@ -1,15 +1,20 @@
-"""The judge: a different, stronger model than anything trained here, pointwise.
+"""The judges: sentiment for the win rate, fluency and diversity for the gates beside it.
 
-Each answer is scored alone: the judge model's mean per-token log-likelihood of the answer given its prompt
-(on the cpu profile SmolLM2-135M-Instruct, the `smollm2` fixture: its Q4_1 GGUF de-quantised to bf16 weights, so
-they carry 4-bit rounding; its base model was pretrained on ~2T tokens, versus a few minutes of Austen for the
-policies). The judge is pointwise: it never sees the two answers together, so position bias cannot arise and there
-is no order to swap; a verdict compares two scores computed separately. (A pairwise judge, shown both answers in
-one prompt, would have to be run in both orders.)
+Win rate: a stand-in for the human raters, trained on human labels that nothing else here saw — the half of
+the training side's sentiment labels the labeller never learns (data.py) — and of another family than the
+labeller (a TF-IDF logistic regression): multinomial naive Bayes over binary word 1-2-gram counts (scikit-learn;
+Pang & Lee's own baseline family). Its accuracy on the test side's human labels is reported beside the labeller's.
+It is gold-reward-model evaluation (Gao et al. 2022): the policy is optimised against a proxy (the reward model,
+trained on pairs the labeller labelled) and judged by a model of the same preference it never touched. Each answer
+is judged alone (pointwise: no order, no position bias; a pairwise judge would be run in both orders): P(positive
+| prompt + answer). Against the SFT policy's answer to the same prompt, the more positive wins; equal scores tie.
+Win rate = (wins + ties / 2) / prompts. A second opinion, not gated: VADER (Hutto & Gilbert 2014), a rule-based
+sentiment lexicon trained on nothing here, its compound score, the same way.
 
-A likelihood judge rewards repetition ("the the the" is very likely), so an answer that repeats itself (a word
-3-gram occurring twice, or fewer than `min_distinct` of its words distinct) is degenerate and loses to any
-non-degenerate answer; two degenerate answers tie. Win rate = (wins + ties / 2) / prompts.
+Fluency: a pretrained LM's (SmolLM2-135M-Instruct on the cpu profile) mean per-token log-likelihood of an answer
+given its prompt; the RLHF policy may lose at most a calibrated amount of it against the SFT policy. Diversity:
+corpus distinct-2 of the RLHF answers as a fraction of the SFT answers'. A policy that repeats the reward's
+favourite words wins on sentiment and fails both.
 """
 from __future__ import annotations
 
@@ -36,7 +41,43 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-class Judge:
+class SentimentJudge:
+    """P(positive | prompt + answer): multinomial naive Bayes over binary word 1-2-gram counts, fit on human labels."""
+
+    def __init__(self, labelled):
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.naive_bayes import MultinomialNB
+
+        self.vectorizer = CountVectorizer(ngram_range=(1, 2), binary=True)
+        self.classifier = MultinomialNB(alpha=1.0).fit(self.vectorizer.fit_transform(labelled.texts), labelled.labels)
+        self.trained_on = len(labelled.texts)
+
+    def score(self, prompts: list[str], answers: list[str]) -> list[float]:
+        x = self.vectorizer.transform([p + a for p, a in zip(prompts, answers)])
+        return self.classifier.predict_proba(x)[:, 1].tolist()
+
+    def accuracy(self, labelled) -> float:
+        return float(self.classifier.score(self.vectorizer.transform(labelled.texts), labelled.labels))
+
+
+class LexiconJudge:
+    """The second opinion: VADER's compound score of prompt + answer, in [-1, 1]."""
+
+    def __init__(self):
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self.analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, prompts: list[str], answers: list[str]) -> list[float]:
+        return [self.analyzer.polarity_scores(p + a)["compound"] for p, a in zip(prompts, answers)]
+
+
+_fluency_scores: dict[str, list[float]] = {}
+
+
+class FluencyJudge:
+    """A pretrained LM's mean per-token log-likelihood of an answer given its prompt."""
+
     def __init__(self, ref: str, batch_size: int = 32):
         from transformers import AutoModelForCausalLM
 
@@ -48,7 +89,17 @@ class Judge:
 
     @torch.no_grad()
     def score(self, prompts: list[str], answers: list[str]) -> list[float]:
-        """Mean log p_judge(answer token | prompt, earlier answer tokens), in the judge's own tokens."""
+        """Mean log p_judge(answer token | prompt, earlier answer tokens), in the judge's own tokens. Remembered in
+        this process: the SFT policy's answers are judged once however many contenders face them."""
+        import hashlib
+        import json
+
+        key = hashlib.sha256(json.dumps([self.ref, prompts, answers]).encode()).hexdigest()
+        if key not in _fluency_scores:
+            _fluency_scores[key] = self._score(prompts, answers)
+        return list(_fluency_scores[key])
+
+    def _score(self, prompts: list[str], answers: list[str]) -> list[float]:
         out = []
         for i in range(0, len(prompts), self.batch_size):
             ps, ans = prompts[i:i + self.batch_size], answers[i:i + self.batch_size]
@@ -64,36 +115,26 @@ class Judge:
         return out
 
 
-def verdicts(score_a: list[float], score_b: list[float], degen_a: list[bool], degen_b: list[bool]) -> list[int]:
-    """Per prompt: 1 when answer a wins, -1 when b wins, 0 a tie."""
-    out = []
-    for sa, sb, da, db in zip(score_a, score_b, degen_a, degen_b):
-        if da or db:
-            out.append(0 if da and db else (-1 if da else 1))
-        elif abs(sa - sb) < 1e-6:
-            out.append(0)
-        else:
-            out.append(1 if sa > sb else -1)
-    return out
+def verdicts(score_a: list[float], score_b: list[float]) -> list[int]:
+    """Per prompt: 1 when answer a is judged more positive, -1 when b is, 0 a tie."""
+    return [0 if abs(sa - sb) < 1e-9 else (1 if sa > sb else -1) for sa, sb in zip(score_a, score_b)]
 
 
-def compare(prompts: list[str], answers_a: list[str], answers_b: list[str], scores_a: list[float],
-            scores_b: list[float], min_distinct: float) -> dict:
-    """Policy a (RLHF) against policy b (SFT): win rate of a from the pointwise scores, with the repetition stats."""
-    da = [degenerate(t, min_distinct) for t in answers_a]
-    db = [degenerate(t, min_distinct) for t in answers_b]
-    ab = verdicts(scores_a, scores_b, da, db)
+def compare(answers_a: list[str], answers_b: list[str], sentiment_a: list[float], sentiment_b: list[float],
+            fluency_a: list[float], fluency_b: list[float]) -> dict:
+    """Policy a (RLHF, or a twin) against policy b (SFT) on the same prompts: the win rate of a, its fluency drop
+    (b's mean per-token log-likelihood minus a's, nats) and its diversity (distinct-2 of a over b's)."""
+    ab = verdicts(sentiment_a, sentiment_b)
     n = len(ab)
     wins, losses, ties = ab.count(1), ab.count(-1), ab.count(0)
-    # the judged score: the judge's log-likelihood, a degenerate answer given the lowest score of any answer
-    floor = min([s for s in scores_a + scores_b if s == s and s != float("-inf")] or [0.0])
-    judged = lambda s, d: [floor if dd else ss for ss, dd in zip(s, d)]  # noqa: E731
-    ja, jb = judged(scores_a, da), judged(scores_b, db)
-    return {"win_rate": (wins + 0.5 * ties) / n,
-            "wins": wins, "losses": losses, "ties": ties, "judged_prompts": n,
-            "judged_score_rlhf": sum(ja) / n, "judged_score_sft": sum(jb) / n,
-            "judge_loglik_rlhf": sum(scores_a) / n, "judge_loglik_sft": sum(scores_b) / n,
-            "repetition_rate_rlhf": sum(da) / n, "repetition_rate_sft": sum(db) / n,
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    d2a, d2b = distinct_n(answers_a, 2), distinct_n(answers_b, 2)
+    return {"win_rate": (wins + 0.5 * ties) / n, "wins": wins, "losses": losses, "ties": ties, "judged_prompts": n,
+            "sentiment_rlhf": mean(sentiment_a), "sentiment_sft": mean(sentiment_b),
+            "fluency_rlhf": mean(fluency_a), "fluency_sft": mean(fluency_b),
+            "fluency_drop": mean(fluency_b) - mean(fluency_a),
+            "diversity": d2a / d2b if d2b else 0.0,
+            "repetition_rate_rlhf": sum(map(degenerate, answers_a)) / n,
+            "repetition_rate_sft": sum(map(degenerate, answers_b)) / n,
             "distinct_1_rlhf": distinct_n(answers_a, 1), "distinct_1_sft": distinct_n(answers_b, 1),
-            "distinct_2_rlhf": distinct_n(answers_a, 2), "distinct_2_sft": distinct_n(answers_b, 2),
-            "verdicts": ab, "degenerate_rlhf": da, "degenerate_sft": db}
+            "distinct_2_rlhf": d2a, "distinct_2_sft": d2b, "verdicts": ab}

@@ -29,7 +29,7 @@ import torch.nn as nn
 from impl.core.artifacts import RunResult, environment, write_json
 from impl.core.hf import device
 from impl.units import w17
-from impl.w17_rlhf.policy import answer_logprobs, load_policy, sample
+from impl.w17_rlhf.policy import answer_logprobs, load_policy, never_sampled, sample
 from impl.w17_rlhf.reward import load_reward_model, score
 
 CHECKPOINT_EVERY = 10
@@ -106,7 +106,7 @@ def run(spec, prompts, sft_dir: Path, reward_dir: Path, run_dir: Path, progress:
     for it in tqdm(range(it, p.iterations), initial=it, total=p.iterations, desc="PPO", disable=not progress):
         # 1-2. rollout and score
         batch = torch.tensor(rng.sample(heads, p.batch_size), device=dev)
-        answers = sample(policy.lm, batch, R, p.temperature, g, tok.eos_token_id)
+        answers = sample(policy.lm, batch, R, p.temperature, g, never_sampled(tok))
         seq = torch.cat([batch, answers], dim=1)
         texts_p, texts_a = tok.batch_decode(batch), tok.batch_decode(answers)
         raw = torch.tensor(score(rm, rm_tok, texts_p, texts_a), device=dev)

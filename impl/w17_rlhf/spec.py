@@ -1,17 +1,17 @@
 """What a hardware profile says about w17 (RLHF); validated when the profile is loaded.
 
     w17:
-      data: {source: offline, corpus: [austen]}     # prompts: openings of sentences; test prompts from held-out chapters
+      data: {source: offline, corpus: [pang-lee]}   # or {source: hub, hub_path: stanfordnlp/imdb, split: train}
       policy: {scratch: {n_layer: 4, n_head: 4, n_embd: 128}}   # or {model: openai-community/gpt2}
-      prompt_tokens: 8
+      prompt_tokens: 4
       answer_tokens: 16
       sft: {steps: 600, batch_size: 32, lr: 1.0e-3}
-      pairs: {prompts: 512, temperatures: [0.7, 1.4], chosen: low_temperature, heldout_fraction: 0.25}
+      pairs: {prompts: 512, temperature: 1.0, labelled_fraction: 0.5, heldout_fraction: 0.25}
       reward: {epochs: 2, batch_size: 32, lr: 5.0e-4}
       ppo: {iterations: 40, batch_size: 32, lr: 1.0e-4, kl_coef: 0.05, ...}
-      judge: {model: fixture:smollm2}
+      judge: {sentiment: naive_bayes, fluency_model: fixture:smollm2}
       test_prompts: 128
-      targets: {win_rate: ..., judge_margin: ..., pair_accuracy: ...}
+      targets: {win_rate: ..., fluency_drop: ..., diversity: ..., pair_accuracy: ...}
 """
 from __future__ import annotations
 
@@ -28,9 +28,13 @@ class Strict(BaseModel):
 
 
 class PromptData(DataSource):
-    """Offline fixture corpora (Austen chapters, Brown files): a prompt is the opening `prompt_tokens` tokens of a
-    sentence; chapters go wholly to the training or the test side by a hash of their id."""
-    corpus: list[Literal["austen", "brown"]] = []
+    """Texts with human sentiment labels (data.py): offline the `pang-lee` sentences; hub a dataset with a text and
+    a 0/1 label column. A text goes wholly to the test side (`val_fraction`) or the training side by a hash of its
+    id."""
+    corpus: list[Literal["pang-lee"]] = []
+    split: str = "train"
+    text_column: str = "text"
+    label_column: str = "label"
     val_fraction: float = 0.1
 
 
@@ -44,8 +48,9 @@ class Scratch(Strict):
 class PolicySpec(Strict):
     model: str | None = None  # a pretrained causal LM (hub id, directory, fixture:NAME) fine-tuned by SFT
     scratch: Scratch | None = None  # or a small GPT-2 built from config
-    # only for `scratch` (a pretrained model brings its own): "bpe:N", a byte-level BPE of N tokens trained on the
-    # training chapters (a small output layer is most of the speed on a CPU), or a tokenizer directory / fixture
+    # only for `scratch` (a pretrained model brings its own): "words:N", the N most frequent words (a small policy
+    # then writes whole words), "bpe:N", a byte-level BPE of N tokens trained on the
+    # training texts (a small output layer is most of the speed on a CPU), or a tokenizer directory / fixture
     tokenizer: str = "bpe:4096"
 
     @model_validator(mode="after")
@@ -65,21 +70,18 @@ class SFTSpec(Strict):
 
 
 class PairsSpec(Strict):
-    """Stage 2a: for each of `prompts` training prompts the SFT policy answers twice, at each temperature."""
+    """Stage 2a: for each of `prompts` training prompts the SFT policy answers twice at one `temperature` (so
+    temperature cannot be what separates them); the labeller, a sentiment classifier (TF-IDF + logistic regression)
+    trained on the human labels of `labelled_fraction` of the training texts, names the more positive one chosen.
+    Neither the judge nor any likelihood labels a pair."""
     prompts: int = 512
-    temperatures: list[float] = [0.7, 1.4]  # two, different
-    # which answer is "chosen": the low-temperature one (a small model's high-temperature samples are less fluent;
-    # the run measures the judge's per-token log-likelihood of both sets and records it beside the rule)
-    chosen: Literal["low_temperature"] = "low_temperature"
+    temperature: float = 1.0
+    labelled_fraction: float = 0.5
+    # a pair whose answers the labeller scores closer than this in P(positive) is dropped: a coin flip, not a label
+    min_margin: float = 0.1
     heldout_fraction: float = 0.25  # pairs (by prompt) kept out of reward training, for its pair accuracy
     file: str | None = None  # a preference JSONL (prompt, chosen, rejected) to use instead of generating pairs
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _two(self):
-        if len(self.temperatures) != 2 or self.temperatures[0] == self.temperatures[1]:
-            raise ValueError(f"temperatures must be two different values; got {self.temperatures}")
-        return self
 
 
 class RewardSpec(Strict):
@@ -120,10 +122,11 @@ class GRPOSpec(Strict):
 
 
 class JudgeSpec(Strict):
-    """Pointwise: the judge model's mean per-token log-likelihood of an answer given its prompt; an answer that
-    repeats itself (a word 3-gram twice, or under `min_distinct` distinct words) is degenerate and loses."""
-    model: str = "fixture:smollm2"
-    min_distinct: float = 0.5
+    """The win-rate judge, a stand-in for the human raters: naive Bayes on the human sentiment labels the labeller
+    never saw (judge.py; VADER's lexicon beside it as a second opinion, not gated). The fluency judge: a pretrained
+    LM's mean per-token log-likelihood of an answer given its prompt."""
+    sentiment: Literal["naive_bayes"] = "naive_bayes"
+    fluency_model: str = "fixture:smollm2"
     batch_size: int = 32
 
 
@@ -145,4 +148,4 @@ class W17Spec(Strict):
     test_prompts: int = 128
     seed: int = 0  # the test answers' sampling seed
     examples_in_report: int = 6
-    targets: dict[Literal["win_rate", "judge_margin", "pair_accuracy"], Target]
+    targets: dict[Literal["win_rate", "fluency_drop", "diversity", "pair_accuracy"], Target]
