@@ -5,7 +5,7 @@
 Each stage is a run directory of its own (`artifacts/w17/<stage>/<profile>/<config hash>-N/`), resumed from its
 checkpoint when interrupted (SFT, PPO) and, with --reuse-artifacts, reused when complete:
 
-    tokenizer/   the policy's BPE when it is built from config (deterministic: always reused)
+    tokenizer/   the policy's vocabulary (words or BPE) when it is built from config (deterministic: always reused)
     sft/         model/ (the SFT policy), train_log.jsonl
     reward/      pairs.jsonl, model/ (the reward model), held-out pair accuracy, before and after training
     ppo/         model/ (the RLHF policy), value_head.pt, train_log.jsonl (reward, KL, losses per iteration)
@@ -31,8 +31,8 @@ from impl.w17_rlhf.spec import W17Spec
 
 
 def policy_tokenizer(spec: W17Spec, runs: Runs):
-    """The pretrained model's own tokenizer; for a policy built from config, a BPE trained on the training texts
-    (its own run directory, reused) or a tokenizer directory."""
+    """The pretrained model's own tokenizer; for a policy built from config, a word-level vocabulary ("words:N") or
+    a BPE ("bpe:N") trained on the training texts (its own run directory, reused), or a tokenizer directory."""
     ref = spec.policy.model or spec.policy.tokenizer
     if not ref.startswith(("bpe:", "words:")):
         tok = load_tokenizer(ref)
