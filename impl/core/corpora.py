@@ -42,6 +42,19 @@ class DataSource(BaseModel):
 
 
 @dataclass
+class Labelled:
+    """Texts with class labels (w03's sentiment splits, w17's labeller and judge halves)."""
+    texts: list[str]
+    labels: list[int]
+
+    def __len__(self):
+        return len(self.texts)
+
+    def head(self, n: int | None) -> "Labelled":
+        return self if n is None else Labelled(self.texts[:n], self.labels[:n])
+
+
+@dataclass
 class TextSplits:
     train: list[str]
     val: list[str]

@@ -9,25 +9,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from impl.core.corpora import DataError, TextSplits, hub_dataset, offline_splits
+from impl.core.corpora import DataError, Labelled, TextSplits, hub_dataset, offline_splits
 from impl.core.fixtures import read_documents
 from impl.w03_finetune.spec import LMData, SentimentData
 
 
 def _bucket(key: str) -> float:
     return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-
-
-@dataclass
-class Labelled:
-    texts: list[str]
-    labels: list[int]
-
-    def __len__(self):
-        return len(self.texts)
-
-    def head(self, n: int | None) -> "Labelled":
-        return self if n is None else Labelled(self.texts[:n], self.labels[:n])
 
 
 @dataclass

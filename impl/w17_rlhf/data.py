@@ -17,7 +17,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from impl.core.corpora import DataError, hub_dataset, in_val
+from impl.core.corpora import DataError, Labelled, hub_dataset, in_val
 from impl.core.errors import MilestonesError
 from impl.core.fixtures import read_documents
 
@@ -26,12 +26,6 @@ FIELDS = ("prompt", "chosen", "rejected")
 
 class PreferenceDataError(MilestonesError, ValueError):
     pass
-
-
-@dataclass
-class Labelled:
-    texts: list[str]
-    labels: list[int]
 
 
 @dataclass

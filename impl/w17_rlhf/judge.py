@@ -41,23 +41,33 @@ def distinct_n(texts: list[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-class SentimentJudge:
+class SentimentClassifier:
+    """P(positive | text) from human labels, a scikit-learn vectorizer + classifier: the labeller (reward.py) and the
+    judge are two of these, of different families, fit on different halves of the labels."""
+
+    def __init__(self, labelled, vectorizer, classifier):
+        self.vectorizer = vectorizer
+        self.classifier = classifier.fit(vectorizer.fit_transform(labelled.texts), labelled.labels)
+        self.trained_on = len(labelled.texts)
+
+    def positive(self, texts: list[str]) -> list[float]:
+        return self.classifier.predict_proba(self.vectorizer.transform(texts))[:, 1].tolist()
+
+    def accuracy(self, labelled) -> float:
+        return float(self.classifier.score(self.vectorizer.transform(labelled.texts), labelled.labels))
+
+
+class SentimentJudge(SentimentClassifier):
     """P(positive | prompt + answer): multinomial naive Bayes over binary word 1-2-gram counts, fit on human labels."""
 
     def __init__(self, labelled):
         from sklearn.feature_extraction.text import CountVectorizer
         from sklearn.naive_bayes import MultinomialNB
 
-        self.vectorizer = CountVectorizer(ngram_range=(1, 2), binary=True)
-        self.classifier = MultinomialNB(alpha=1.0).fit(self.vectorizer.fit_transform(labelled.texts), labelled.labels)
-        self.trained_on = len(labelled.texts)
+        super().__init__(labelled, CountVectorizer(ngram_range=(1, 2), binary=True), MultinomialNB(alpha=1.0))
 
     def score(self, prompts: list[str], answers: list[str]) -> list[float]:
-        x = self.vectorizer.transform([p + a for p, a in zip(prompts, answers)])
-        return self.classifier.predict_proba(x)[:, 1].tolist()
-
-    def accuracy(self, labelled) -> float:
-        return float(self.classifier.score(self.vectorizer.transform(labelled.texts), labelled.labels))
+        return self.positive([p + a for p, a in zip(prompts, answers)])
 
 
 class LexiconJudge:
@@ -120,6 +130,11 @@ def verdicts(score_a: list[float], score_b: list[float]) -> list[int]:
     return [0 if abs(sa - sb) < 1e-9 else (1 if sa > sb else -1) for sa, sb in zip(score_a, score_b)]
 
 
+def win_rate(ab: list[int]) -> float:
+    """(wins + ties / 2) / prompts."""
+    return (ab.count(1) + 0.5 * ab.count(0)) / len(ab)
+
+
 def compare(answers_a: list[str], answers_b: list[str], sentiment_a: list[float], sentiment_b: list[float],
             fluency_a: list[float], fluency_b: list[float]) -> dict:
     """Policy a (RLHF, or a twin) against policy b (SFT) on the same prompts: the win rate of a, its fluency drop
@@ -129,7 +144,7 @@ def compare(answers_a: list[str], answers_b: list[str], sentiment_a: list[float]
     wins, losses, ties = ab.count(1), ab.count(-1), ab.count(0)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     d2a, d2b = distinct_n(answers_a, 2), distinct_n(answers_b, 2)
-    return {"win_rate": (wins + 0.5 * ties) / n, "wins": wins, "losses": losses, "ties": ties, "judged_prompts": n,
+    return {"win_rate": win_rate(ab), "wins": wins, "losses": losses, "ties": ties, "judged_prompts": n,
             "sentiment_rlhf": mean(sentiment_a), "sentiment_sft": mean(sentiment_b),
             "fluency_rlhf": mean(fluency_a), "fluency_sft": mean(fluency_b),
             "fluency_drop": mean(fluency_b) - mean(fluency_a),

@@ -23,25 +23,19 @@ import torch
 from impl.core.artifacts import RunResult, environment, write_json
 from impl.core.hf import device, load_model, load_tokenizer
 from impl.w17_rlhf.data import Labelled, PreferenceDataError, sample, split_pairs, write_pairs
+from impl.w17_rlhf.judge import SentimentClassifier
 from impl.w17_rlhf.policy import generate_texts, load_policy, text_logprobs
 
 
-class Labeller:
+class Labeller(SentimentClassifier):
     """P(positive | text) from human labels: TF-IDF over word 1-2-grams, logistic regression (scikit-learn)."""
 
     def __init__(self, labelled: Labelled, seed: int = 0):
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
-        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-        self.classifier = LogisticRegression(C=4.0, max_iter=2000, random_state=seed).fit(
-            self.vectorizer.fit_transform(labelled.texts), labelled.labels)
-
-    def positive(self, texts: list[str]) -> list[float]:
-        return self.classifier.predict_proba(self.vectorizer.transform(texts))[:, 1].tolist()
-
-    def accuracy(self, labelled: Labelled) -> float:
-        return float(self.classifier.score(self.vectorizer.transform(labelled.texts), labelled.labels))
+        super().__init__(labelled, TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True),
+                         LogisticRegression(C=4.0, max_iter=2000, random_state=seed))
 
     def favourite_words(self, n: int) -> list[str]:
         """The n single words that push P(positive) up most."""

@@ -25,7 +25,7 @@ from impl.core.artifacts import RunResult, Runs, environment, write_json
 from impl.core.hf import device, load_tokenizer, resolve_model
 from impl.w17_rlhf import ppo, reward, sft
 from impl.w17_rlhf.data import labelled_rows, load_prompts, read_pairs, sample, split_pairs
-from impl.w17_rlhf.judge import FluencyJudge, LexiconJudge, SentimentJudge, compare, verdicts
+from impl.w17_rlhf.judge import FluencyJudge, LexiconJudge, SentimentJudge, compare, verdicts, win_rate
 from impl.w17_rlhf.policy import answer_logprobs, generate_texts, load_policy, train_tokenizer, train_word_tokenizer
 from impl.w17_rlhf.spec import W17Spec
 
@@ -100,8 +100,7 @@ class Judges:
         self.lexicon = LexiconJudge()
 
     def lexicon_win_rate(self, prompts: list[str], contender: list[str], sft: list[str]) -> float:
-        v = verdicts(self.lexicon.score(prompts, contender), self.lexicon.score(prompts, sft))
-        return (v.count(1) + 0.5 * v.count(0)) / len(v)
+        return win_rate(verdicts(self.lexicon.score(prompts, contender), self.lexicon.score(prompts, sft)))
 
     def against(self, prompts: list[str], contender: list[str], sft: list[str], sft_scores: tuple | None = None) -> dict:
         """The contender's answers against the SFT policy's (compare's dict, with each answer's scores)."""
