@@ -79,21 +79,24 @@ def pytest_configure_node(node):  # xdist controller -> each worker: one session
 # The order in which pytest-xdist hands out work: the longest groups first, so two workers finish together.
 # w09's and w15's checks reuse w07's tuned model, so they run on w07's worker, after it; w15 also reads w01's GPT,
 # so w01 goes first on the other worker and is done before w15 asks for it (else w15 trains a copy of its own).
-# w17's twins (~11 min: the profile's own stages, trained once for all of them) are the longest test module.
-XDIST_ORDER = ["acceptance:w07", "acceptance:w01", "tests/test_w17.py", "acceptance:w03", "acceptance:w17", "acceptance:w21",
-               "acceptance:w11", "acceptance:w05", "acceptance:w19", "acceptance:w13", "acceptance:w23"]  # w23 last: the portfolio reads the scorecard the others write
+# w17's and w11's twins run on their check's worker, after it, and reuse the stages it trained (Runs(share=True)).
+XDIST_ORDER = ["acceptance:w07", "acceptance:w01", "acceptance:w17", "acceptance:w11", "acceptance:w03", "acceptance:w21",
+               "acceptance:w05", "acceptance:w19", "acceptance:w13", "acceptance:w23"]  # w23 last: the portfolio reads the scorecard the others write
 SHARES_W07_MODEL = ("w09", "w15")
+TWINS_SHARING_THE_CHECKS_STAGES = {"tests/test_w17.py": "w17", "tests/test_w11.py": "w11"}
 
 
 def xdist_group(nodeid: str) -> str:
     """What must run on one worker, from the node id alone (the xdist controller sees only node ids): an acceptance
-    milestone's checks (one run read by several checks; w09's and w15's read w07's model), or a test module's
-    tests (module-scoped fixtures: a server, a model)."""
+    milestone's checks (one run read by several checks; w09's and w15's read w07's model) and the twins reusing
+    their stages, or a test module's tests (module-scoped fixtures: a server, a model)."""
     path = nodeid.split("::")[0]
     name = Path(path).name
     if Path(path).parent.name == "acceptance" and name.startswith("test_w"):
         milestone = name[len("test_"):len("test_w01")]
         return "acceptance:" + ("w07" if milestone in SHARES_W07_MODEL else milestone)
+    if path in TWINS_SHARING_THE_CHECKS_STAGES:
+        return "acceptance:" + TWINS_SHARING_THE_CHECKS_STAGES[path]
     return path
 
 
@@ -123,9 +126,10 @@ def _register_grouping(config) -> None:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest groups first (see XDIST_ORDER); collection order within a group (a stable sort)."""
+    """Longest groups first (see XDIST_ORDER); within a group the acceptance checks first (twins reuse their
+    stages), else collection order (a stable sort)."""
     rank = {g: i for i, g in enumerate(XDIST_ORDER)}
-    items.sort(key=lambda i: rank.get(xdist_group(i.nodeid), len(rank)))
+    items.sort(key=lambda i: (rank.get(xdist_group(i.nodeid), len(rank)), not i.nodeid.startswith("acceptance/")))
 
 
 def pytest_generate_tests(metafunc):

@@ -106,6 +106,22 @@ def test_reuse_takes_a_complete_run_and_otherwise_trains_again(tiny_spec, tmp_pa
     assert not other.reused, "a run with another config must not be reused"
 
 
+def test_a_twins_shared_runs_reuse_what_this_process_trained_never_a_run_it_finds_on_disk(tiny_spec, tmp_path):
+    """How a sabotage twin reuses the stages its acceptance check trained moments before on the same worker:
+    `share` finds a complete run of the same config this process made under another root or profile; a complete
+    run of an earlier session on disk (older code, perhaps) is not one."""
+    from impl.core import artifacts
+
+    made = adapters.w01_train(tiny_spec, Runs("w01", "cpu", root=tmp_path / "check"))
+    shared = adapters.w01_train(tiny_spec, Runs("w01", "test", share=True, root=tmp_path / "twin"))
+    assert shared.reused and shared.run_dir == made.run_dir
+    other = override(tiny_spec, train={"seed": 7})  # a config no other test of this process trains
+    old = adapters.w01_train(other, Runs("w01", "cpu", root=tmp_path / "check")).run_dir
+    artifacts._MADE_HERE[("w01", old.name.rsplit("-", 1)[0])].remove(old)  # as if an earlier process had made it
+    again = adapters.w01_train(other, Runs("w01", "test", share=True, root=tmp_path / "twin"))
+    assert not again.reused and again.run_dir.is_relative_to(tmp_path / "twin")
+
+
 def test_ddp_on_two_gloo_processes_matches_one_process(tiny_spec, tmp_runs):
     r = adapters.w01_ddp_parity(tiny_spec, tmp_runs)
     assert tiny_spec.targets["ddp_max_param_diff"].passes(r["ddp_max_param_diff"])

@@ -29,7 +29,8 @@ DOCS = {"d1": "The Rhine flows from the Swiss Alps to the North Sea. " * 3,
 
 @pytest.fixture
 def runs(tmp_path):
-    return Runs("w11", "test", root=tmp_path / "artifacts")
+    """The twin's index is the acceptance check's when it ran before in this process (share)."""
+    return Runs("w11", "test", share=True, root=tmp_path / "artifacts")
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-from conftest import xdist_group
+from conftest import pytest_collection_modifyitems, xdist_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTION = "cpu and (w07 or w09 or w15 or w11)"
@@ -48,3 +49,14 @@ def test_groups_follow_the_milestone_of_an_acceptance_module_and_the_module_else
     assert xdist_group("acceptance/test_w15_eval.py::test_y[gpu1]") == "acceptance:w07"
     assert xdist_group("acceptance/test_w01_gpt_from_scratch.py::test_z[cpu]") == "acceptance:w01"
     assert xdist_group("tests/test_w09.py::test_server[a@b]") == "tests/test_w09.py"
+    # twins reusing their check's stages (Runs(share=True)) run on its worker ...
+    assert xdist_group("tests/test_w17.py::test_a_twin") == "acceptance:w17"
+    assert xdist_group("tests/test_w11.py::test_a_twin") == "acceptance:w11"
+
+
+def test_within_a_group_the_checks_come_before_the_twins_that_reuse_their_stages():
+    ids = ["tests/test_w17.py::test_twin", "tests/test_w01_model.py::test_unit",
+           "acceptance/test_w17_rlhf.py::test_win_rate[cpu]", "acceptance/test_w07_lora.py::test_lora[cpu]"]
+    items = [SimpleNamespace(nodeid=i) for i in ids]
+    pytest_collection_modifyitems(None, items)
+    assert [i.nodeid for i in items] == [ids[3], ids[2], ids[0], ids[1]]

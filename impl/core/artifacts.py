@@ -2,7 +2,9 @@
 
 A run writes config.json first, checkpoints while it trains, and metrics.json last: a run directory with
 metrics.json is complete. `find_run` reuses a complete run of the same config (when asked), resumes an
-incomplete one that has a checkpoint, or makes a new one.
+incomplete one that has a checkpoint, or makes a new one. A `Runs(share=True)` also reuses a complete run of the same
+config that this process made under another root or profile: a sabotage twin reuses the stages its acceptance check
+trained moments before on the same pytest-xdist worker, never a stale run left on disk by older code.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import platform
 import subprocess
 import sys
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from impl.core.errors import MilestonesError
@@ -41,18 +43,31 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def find_run(milestone: str, profile: str, config: dict, reuse: bool, root: Path | None = None) -> Path:
+_MADE_HERE: dict[tuple[str, str], list[Path]] = {}  # (milestone[/stage], config hash) -> runs this process made
+
+
+def _same_config(run: Path, config: dict) -> bool:
+    return (run / "config.json").exists() and json.loads((run / "config.json").read_text()) == config
+
+
+def find_run(milestone: str, profile: str, config: dict, reuse: bool, root: Path | None = None,
+             share: bool = False) -> Path:
     base = (root or artifacts_root()) / milestone / profile
     h = config_hash(config)
+    made_here = _MADE_HERE.setdefault((milestone, h), [])
+    if share:
+        for run in reversed(made_here):
+            if (run / "metrics.json").exists() and _same_config(run, config):
+                return run
     runs = sorted(base.glob(f"{h}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
     for run in reversed(runs):
-        same = (run / "config.json").exists() and json.loads((run / "config.json").read_text()) == config
-        if not same:
+        if not _same_config(run, config):
             continue
         if (run / "metrics.json").exists():
             if reuse:
                 return run
         elif (run / "checkpoint.pt").exists():
+            made_here.append(run)
             return run  # an interrupted run: resume it
     n = int(runs[-1].name.rsplit("-", 1)[1]) + 1 if runs else 0
     while True:  # another process may take the same number first: take the next one
@@ -63,6 +78,7 @@ def find_run(milestone: str, profile: str, config: dict, reuse: bool, root: Path
         except FileExistsError:
             n += 1
     write_json(run / "config.json", config)
+    made_here.append(run)
     return run
 
 
@@ -105,9 +121,16 @@ class Runs:
     profile: str
     reuse: bool = False
     root: Path | None = None
+    share: bool = False  # also reuse a complete run of the same config made by this process elsewhere (see above)
 
     def dir_for(self, config: dict, name: str = "") -> Path:
-        return find_run(self.milestone + (f"/{name}" if name else ""), self.profile, config, self.reuse, self.root)
+        return find_run(self.milestone + (f"/{name}" if name else ""), self.profile, config, self.reuse, self.root,
+                        self.share)
+
+    def reusing(self) -> Runs:
+        """These runs with every complete run reused: for a stage that is a pure function of its config (an index,
+        a tokenizer, a cleaned corpus)."""
+        return replace(self, reuse=True)
 
     @contextmanager
     def exclusive(self):

@@ -101,7 +101,7 @@ def run(spec: W11Spec, runs: Runs, progress: bool = False, retriever: str = "den
     documents = indexed_documents(spec, qa)
     eligible = QASet(documents, [q for q in qa.questions if q.doc_id in documents], qa.description)
     questions = eligible.sample(spec.questions, spec.seed)
-    index_run = build_index(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), documents, progress)
+    index_run = build_index(spec, runs.reusing(), documents, progress)
     run_dir = runs.dir_for({**spec.model_dump(exclude={"targets"}), "retriever": retriever,
                             "conditions": ["rag", "closed_book", "random_context", "oracle", "copy"]})
     if (run_dir / "metrics.json").exists():

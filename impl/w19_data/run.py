@@ -215,7 +215,7 @@ def run(spec: W19Spec, runs: Runs, w01, progress: bool = False, sabotage: str | 
     """`w01`: w01's model and training parts (adapters.w01_training_parts), on which both tokenizers' GPTs train."""
     if sabotage not in SABOTAGES:
         raise ValueError(f"sabotage must be one of {SABOTAGES}; got {sabotage!r}")
-    cleaned = clean_corpus(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), sabotage, log)
+    cleaned = clean_corpus(spec, runs.reusing(), sabotage, log)
     run_dir = runs.dir_for({**spec.model_dump(exclude={"targets"}), "sabotage": sabotage,
                             "dataset": cleaned.run_dir.name})
     if (run_dir / "metrics.json").exists():

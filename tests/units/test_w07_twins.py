@@ -155,12 +155,17 @@ def test_the_nf4_levels_are_bitsandbytes_nf4_code_table():
     assert torch.equal(ours, theirs.float())
 
 
-@pytest.mark.parametrize("shape,blocksize", [((4, 96), 64), ((3, 50), 64), ((8, 256), 128), ((2, 1000), 32)])
+@pytest.mark.parametrize("shape,blocksize", [((4, 96), 64), ((3, 50), 64), ((8, 256), 128), ((4, 128), 64),
+                                             ((2, 1000), 32)])
 def test_nf4_codes_absmax_and_round_trip_are_bitsandbytes_quantize_4bit(shape, blocksize):
     """Codes and absmax: equal. (bitsandbytes multiplies by 1 / absmax where the unit divides, and compares with the
     midpoints of the levels where the unit takes the nearest level: the two can differ only for a value within an
     ulp of a midpoint, which these inputs do not have.) The round trip: equal within rtol 1e-6 (both multiply a
-    level by its block's absmax in float32)."""
+    level by its block's absmax in float32) where a row is a whole number of blocks, as in every weight QLoRA
+    quantises: bitsandbytes 0.50.2's CPU `dequantize_4bit` on an AVX-512 machine reads the wrong block's absmax
+    past the first row otherwise (measured on a (4, 96) tensor in blocks of 64: flat index 128, in block 2, scaled
+    by block 1's absmax; on the AVX2 machine the suite was first calibrated on it did not), while its codes stay
+    right. The unit's own round trip is bounded below for every shape."""
     bnb = _bnb()
     g = torch.Generator().manual_seed(blocksize + shape[0])
     x = torch.randn(*shape, generator=g) * torch.logspace(-2, 2, shape[0])[:, None]
@@ -170,8 +175,8 @@ def test_nf4_codes_absmax_and_round_trip_are_bitsandbytes_quantize_4bit(shape, b
     assert torch.equal(codes.reshape(-1), _unpack(packed, x.numel()))
     assert torch.equal(absmax, state.absmax)
     ours = REF["nf4_dequantize"](codes, absmax, blocksize=blocksize)
-    theirs = bnb.dequantize_4bit(packed, state)
-    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=0.0)
+    if shape[-1] % blocksize == 0:
+        torch.testing.assert_close(ours, bnb.dequantize_4bit(packed, state), rtol=1e-6, atol=0.0)
     err = (ours - x).abs().reshape(-1)  # and the round trip loses at most half the widest gap between levels
     per_value_absmax = absmax.repeat_interleave(blocksize)[:x.numel()]
     widest_gap = max(b - a for a, b in zip(NF4, NF4[1:]))  # -1 .. -0.696
