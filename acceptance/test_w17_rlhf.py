@@ -9,11 +9,11 @@ interrupted, reused when complete with --reuse-artifacts): (1) SFT on the openin
 pairs, the SFT policy answering each prompt twice at one temperature, the answer a sentiment classifier trained on
 half the human labels finds more positive chosen, and a reward model trained with TRL's RewardTrainer, scored on
 held-out pairs; (3) PPO (impl/w17_rlhf/ppo.py: clipped objective, value head, GAE, per-token KL penalty to the
-frozen SFT policy, reward whitening). The judge is none of these: a stand-in for the human raters, naive Bayes on
-the half of the human labels the labeller never saw, pointwise (each answer scored alone, so there is no order to
-swap); VADER's lexicon gives a second opinion. Beside the win rate, a fluency LM and distinct-2 check that
-the RLHF policy still writes as well and as variedly as the SFT policy, so repeating the reward's favourite words
-fails.
+frozen SFT policy, reward whitening). The judge is none of these: a stand-in for the human raters, a probe on a
+pretrained sentence encoder's embeddings (MiniLM) fit on the half of the human labels the labeller never saw,
+pointwise (each answer scored alone, so there is no order to swap); VADER's lexicon gives a second opinion. Beside
+the win rate, a fluency LM and distinct-2 check that the RLHF policy still writes as well and as variedly as the
+SFT policy, so repeating the reward's favourite words fails.
 """
 import pytest
 
@@ -102,7 +102,7 @@ def test_the_rlhf_policy_wins_preference_votes_against_the_sft_policy(spec, runs
         r = _rlhf(seeded, runs)
         m = r.metrics
         scorecard.check(m["win_rate"], data=m["data"], curve=_curve(m), trivial={"the SFT policy against itself": 0.5},
-                        headline={"win rate against SFT": m["win_rate"], "judge": "naive Bayes on held-out human labels"}, **_context(r))
+                        headline={"win rate against SFT": m["win_rate"], "judge": "MiniLM probe on held-out human labels"}, **_context(r))
 
 
 @pytest.mark.check("w17", target="fluency_drop")

@@ -146,7 +146,7 @@ def w11_chain(spec, runs: Runs):
     from impl.w11_rag.data import load_qa
 
     documents = run.indexed_documents(spec, load_qa(spec.data))
-    index_dir = run.build_index(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), documents)
+    index_dir = run.build_index(spec, runs.reusing(), documents)
     store, _, _ = index.load(index_dir / "index", resolve_model(spec.embedding_model), spec.embedding_model)
     return chain.rag_chain(store.as_retriever(search_kwargs={"k": spec.retrieve_k}), run.load_reader(spec))
 
@@ -264,7 +264,7 @@ def w17_rlhf(spec, runs: Runs, progress: bool = False, shuffle_pairs: bool = Fal
     """The three stages (SFT policy; preference pairs labelled by a sentiment classifier trained on human labels +
     TRL RewardTrainer; PPO against the reward model; TRL's GRPO as a comparison when the profile has `grpo`), each
     resumed when interrupted and reused when complete if `runs.reuse`, then the RLHF policy judged against the SFT
-    policy on held-out prompts; metrics: win_rate (the naive-Bayes judge on the human labels the labeller never saw,
+    policy on held-out prompts; metrics: win_rate (the MiniLM-probe judge on the human labels the labeller never saw,
     ties half), wins/losses/ties, lexicon_win_rate (VADER, not gated), fluency_drop (the fluency
     LM's per-token log-likelihood, SFT minus RLHF), diversity (distinct-2 RLHF / SFT), pair_accuracy with its
     baselines (untrained head, SFT log-likelihood ranking), kl_to_reference, reward_curve, examples.
@@ -308,7 +308,7 @@ def w19_clean(spec, runs: Runs, sabotage: str | None = None) -> RunResult:
     "swapped_lsh_bands" runs it with b and r swapped."""
     from impl.w19_data import run
 
-    return run.clean_corpus(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root), sabotage)
+    return run.clean_corpus(spec, runs.reusing(), sabotage)
 
 
 def w19_tokenizers(spec, runs: Runs, progress: bool = False, sabotage: str | None = None) -> RunResult:

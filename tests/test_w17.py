@@ -12,6 +12,7 @@ import torch
 
 from impl import adapters
 from impl.core.artifacts import Runs
+from impl.core.hf import resolve_model
 from impl.core.profiles import load_profile, override
 from impl.units import w17
 from impl.w17_rlhf import ppo
@@ -30,8 +31,9 @@ SHRUNK = dict(policy={"scratch": {"n_layer": 2, "n_head": 2, "n_embd": 64}, "tok
 
 @pytest.fixture(scope="module")
 def profile_runs(tmp_path_factory):
-    """One artifacts root for the twins: the profile's SFT policy, pairs and reward model trained once, reused."""
-    return Runs("w17", "test", reuse=True, root=tmp_path_factory.mktemp("artifacts"))
+    """One artifacts root for the twins: the profile's SFT policy, pairs, reward model and PPO policy trained once,
+    reused; under `python -m impl test` the acceptance check trained them moments before on this worker (share)."""
+    return Runs("w17", "test", reuse=True, share=True, root=tmp_path_factory.mktemp("artifacts"))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_the_labeller_learns_sentiment_from_human_labels():
 def test_the_judge_learns_sentiment_from_its_own_human_labels_pointwise_and_ties_equal_answers():
     texts = ["a wonderful, moving film", "dull and boring", "funny and charming", "a tedious mess",
              "beautiful performances", "bad, too long"] * 3
-    judge = SentimentJudge(Labelled(texts, [1, 0, 1, 0, 1, 0] * 3))
+    judge = SentimentJudge(Labelled(texts, [1, 0, 1, 0, 1, 0] * 3), str(resolve_model("fixture:minilm")))
     good, bad, flat = judge.score(["The film was"] * 3, [" wonderful and moving.", " dull and painful.", " long."])
     assert good > 0.5 > bad and judge.accuracy(Labelled(texts[:6], [1, 0, 1, 0, 1, 0])) == 1.0
     assert verdicts([good, bad, flat], [bad, good, flat]) == [1, -1, 0]
@@ -231,15 +233,16 @@ def imdb_dir(out, rows):
 @pytest.mark.gpu_smoke
 def test_the_gpu1_path_fine_tunes_a_pretrained_policy_on_imdb_format_data(tmp_path):
     """gpu1's protocol (a pretrained policy fine-tuned by SFT with its own tokenizer, IMDb from the hub, the fluency
-    LM from the hub) with the models replaced by tiny local directories, the data by real Pang & Lee sentences in
-    IMDb's parquet layout, and every size shrunk."""
+    LM and the judge's sentence encoder from the hub) with the models replaced by tiny local directories and the
+    offline MiniLM, the data by real Pang & Lee sentences in IMDb's parquet layout, and every size shrunk."""
     from impl.core.fixtures import read_documents
 
     rows = [(r["text"], r["label"]) for r in read_documents("pang-lee", "sentences.jsonl")][:1500]
     policy, judge = tiny_llama_dir(tmp_path / "policy", hidden=32), tiny_llama_dir(tmp_path / "judge")
     shrunk = {k: v for k, v in SHRUNK.items() if k != "policy"}  # gpu1's policy is pretrained, not built from config
     spec = override(override(GPU1, **shrunk), policy={"model": policy},
-                    data={"local_dir": str(imdb_dir(tmp_path / "imdb", rows))}, judge={"fluency_model": judge},
+                    data={"local_dir": str(imdb_dir(tmp_path / "imdb", rows))},
+                    judge={"fluency_model": judge, "sentiment_encoder": "fixture:minilm"},
                     sft={"steps": 10}, pairs={"prompts": 48, "min_margin": 0.0}, grpo={"steps": 2, "batch_size": 8, "num_generations": 4})
     m = adapters.w17_rlhf(spec, Runs("w17", "test", root=tmp_path / "artifacts")).metrics
     assert 0 <= m["win_rate"] <= 1 and m["wins"] + m["losses"] + m["ties"] == 16 and "local copy of stanfordnlp/imdb" in m["data"]

@@ -2,8 +2,10 @@
 
 Win rate: a stand-in for the human raters, trained on human labels that nothing else here saw — the half of
 the training side's sentiment labels the labeller never learns (data.py) — and of another family than the
-labeller (a TF-IDF logistic regression): multinomial naive Bayes over binary word 1-2-gram counts (scikit-learn;
-Pang & Lee's own baseline family). Its accuracy on the test side's human labels is reported beside the labeller's.
+labeller (a logistic regression on TF-IDF word n-grams, which sees only the words it was trained on): a
+logistic-regression probe on a pretrained sentence encoder's embeddings (all-MiniLM-L6-v2 on the cpu profile,
+sentence-transformers), which reads text through a transformer trained on a billion sentence pairs elsewhere.
+Its accuracy on the test side's human labels is reported beside the labeller's.
 It is gold-reward-model evaluation (Gao et al. 2022): the policy is optimised against a proxy (the reward model,
 trained on pairs the labeller labelled) and judged by a model of the same preference it never touched. Each answer
 is judged alone (pointwise: no order, no position bias; a pairwise judge would be run in both orders): P(positive
@@ -57,14 +59,44 @@ class SentimentClassifier:
         return float(self.classifier.score(self.vectorizer.transform(labelled.texts), labelled.labels))
 
 
+class SentenceEncoder:
+    """A pretrained sentence encoder (sentence-transformers) as a scikit-learn featurizer: unit-length embeddings."""
+
+    def __init__(self, ref: str, batch_size: int = 64):
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(ref, device=str(device()))
+        self.batch_size = batch_size
+
+    def transform(self, texts: list[str]):
+        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                 convert_to_numpy=True, show_progress_bar=False)
+
+    fit_transform = transform  # nothing to fit: the encoder is frozen
+
+
+_judges: dict[str, SentimentJudge] = {}
+
+
 class SentimentJudge(SentimentClassifier):
-    """P(positive | prompt + answer): multinomial naive Bayes over binary word 1-2-gram counts, fit on human labels."""
+    """P(positive | prompt + answer): a logistic-regression probe (scikit-learn's defaults) on a frozen sentence
+    encoder's embeddings, fit on human labels."""
 
-    def __init__(self, labelled):
-        from sklearn.feature_extraction.text import CountVectorizer
-        from sklearn.naive_bayes import MultinomialNB
+    def __init__(self, labelled, encoder: str):
+        from sklearn.linear_model import LogisticRegression
 
-        super().__init__(labelled, CountVectorizer(ngram_range=(1, 2), binary=True), MultinomialNB(alpha=1.0))
+        super().__init__(labelled, SentenceEncoder(encoder), LogisticRegression(max_iter=1000))
+
+    @classmethod
+    def fitted(cls, labelled, encoder: str) -> SentimentJudge:
+        """One judge per labels and encoder in this process: the twins and the check they shadow share its fit."""
+        import hashlib
+        import json
+
+        key = hashlib.sha256(json.dumps([encoder, labelled.texts, labelled.labels]).encode()).hexdigest()
+        if key not in _judges:
+            _judges[key] = cls(labelled, encoder)
+        return _judges[key]
 
     def score(self, prompts: list[str], answers: list[str]) -> list[float]:
         return self.positive([p + a for p, a in zip(prompts, answers)])

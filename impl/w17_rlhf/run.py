@@ -58,7 +58,7 @@ def stages(spec: W17Spec, runs: Runs, progress: bool = False, shuffle_pairs: boo
     base = {"data": spec.data.model_dump(), "policy": spec.policy.model_dump(), "prompt_tokens": spec.prompt_tokens,
             "answer_tokens": spec.answer_tokens, "sft": spec.sft.model_dump()}
     with runs.exclusive():
-        tok = policy_tokenizer(spec, Runs(runs.milestone, runs.profile, reuse=True, root=runs.root))
+        tok = policy_tokenizer(spec, runs.reusing())
         prompts = load_prompts(spec, tok)
         s = sft.run(spec, prompts, tok, runs.dir_for(base, name="sft"), progress)
         sft_dir = s.run_dir / "model"
@@ -95,7 +95,7 @@ class Judges:
     and the lexicon's second opinion on sentiment."""
 
     def __init__(self, spec: W17Spec, prompts):
-        self.sentiment = SentimentJudge(prompts.unlabelled)
+        self.sentiment = SentimentJudge.fitted(prompts.unlabelled, str(resolve_model(spec.judge.sentiment_encoder)))
         self.fluency = FluencyJudge(resolve_model(spec.judge.fluency_model), spec.judge.batch_size)
         self.lexicon = LexiconJudge()
 
@@ -208,8 +208,9 @@ def run(spec: W17Spec, runs: Runs, progress: bool = False, shuffle_pairs: bool =
         "judge_agrees_with_humans": judges.sentiment.accuracy(human), "judge_trained_on": judges.sentiment.trained_on,
         "lexicon_win_rate": judges.lexicon_win_rate(texts_p, t_rlhf, t_sft),
         "lexicon_agrees_with_humans": sum((x > 0) == (y == 1) for x, y in zip(lexicon_human, human.labels)) / len(human.labels),
-        "judge": f"naive Bayes (binary word 1-2-grams) on {judges.sentiment.trained_on:,} human labels the labeller "
-                 f"never saw: P(positive | prompt + answer), pointwise",
+        "judge": f"a logistic-regression probe on {spec.judge.sentiment_encoder}'s sentence embeddings, fit on "
+                 f"{judges.sentiment.trained_on:,} human labels the labeller never saw: P(positive | prompt + answer), "
+                 f"pointwise",
         "fluency_judge": spec.judge.fluency_model, "policy": policy, "sabotage": sabotage,
         "sft_seconds": s.metrics["train_seconds"], "reward_seconds": r.metrics["train_seconds"],
         "ppo_seconds": p.metrics["train_seconds"], "shuffle_pairs": shuffle_pairs, "ppo_lr": spec.ppo.lr,

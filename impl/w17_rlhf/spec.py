@@ -9,7 +9,7 @@
       pairs: {prompts: 512, temperature: 1.0, labelled_fraction: 0.5, heldout_fraction: 0.25}
       reward: {epochs: 2, batch_size: 32, lr: 5.0e-4}
       ppo: {iterations: 40, batch_size: 32, lr: 1.0e-4, kl_coef: 0.05, ...}
-      judge: {sentiment: naive_bayes, fluency_model: fixture:smollm2}
+      judge: {sentiment_encoder: fixture:minilm, fluency_model: fixture:smollm2}
       test_prompts: 128
       targets: {win_rate: ..., fluency_drop: ..., diversity: ..., pair_accuracy: ...}
 """
@@ -122,10 +122,11 @@ class GRPOSpec(Strict):
 
 
 class JudgeSpec(Strict):
-    """The win-rate judge, a stand-in for the human raters: naive Bayes on the human sentiment labels the labeller
-    never saw (judge.py; VADER's lexicon beside it as a second opinion, not gated). The fluency judge: a pretrained
-    LM's mean per-token log-likelihood of an answer given its prompt."""
-    sentiment: Literal["naive_bayes"] = "naive_bayes"
+    """The win-rate judge, a stand-in for the human raters: a logistic-regression probe on `sentiment_encoder`'s
+    sentence embeddings, fit on the human sentiment labels the labeller never saw (judge.py; VADER's lexicon beside
+    it as a second opinion, not gated). The fluency judge: a pretrained LM's mean per-token log-likelihood of an
+    answer given its prompt."""
+    sentiment_encoder: str = "fixture:minilm"
     fluency_model: str = "fixture:smollm2"
     batch_size: int = 32
 
