@@ -153,6 +153,22 @@ def test_closed_book_greedy_decoding_from_the_shared_cache_is_transformers_own(r
     assert reader.greedy(prompt) == expected and reader.answer({"question": QUESTION, "context": None}) == expected
 
 
+def test_a_second_reader_of_the_same_model_answers_what_the_first_read_from_memory(reader, monkeypatch):
+    """The twin's reader (another instance, the same model and settings) answers what its check's reader read
+    without reading it again; another context, or other settings, are read."""
+    inputs = {"question": QUESTION, "context": CONTEXT}
+    first = reader.answer(inputs)
+    twin = chain.load_reader(str(fixture_path("smollm2")), max_new_tokens=8, max_prompt_tokens=512, span_words=4,
+                             sentences=2)
+    assert twin.name == reader.name
+    monkeypatch.setattr(twin, "span_scores", lambda *a: pytest.fail("read twice"))
+    assert twin.answer(inputs) == first and twin.answer(dict(inputs)) == first
+    monkeypatch.setattr(twin, "span_scores", lambda *a: {"Moselle": 0.0})
+    assert twin.answer({"question": QUESTION, "context": CONTEXT + " The Rhine is long."}) == "Moselle"
+    twin.span_words = 3
+    assert twin.answer(inputs) == "Moselle"
+
+
 def test_spans_of_function_words_or_the_questions_own_words_are_never_the_answer(reader):
     prompt = reader.render({"question": "Who is it?", "context": "It is the one of them."})
     # "It", "It is", "is the one" ...: a function word first; "them": function words only

@@ -17,7 +17,8 @@ from impl.core.profiles import load_profile, override
 from impl.units import w17
 from impl.w17_rlhf import ppo
 from impl.w17_rlhf.data import Labelled, PreferenceDataError
-from impl.w17_rlhf.judge import LexiconJudge, SentimentJudge, compare, degenerate, distinct_n, verdicts
+from impl.w17_rlhf.judge import (FluencyJudge, LexiconJudge, SentenceEncoder, SentimentJudge, compare, degenerate,
+                                  distinct_n, verdicts)
 from impl.w17_rlhf.reward import Labeller
 from tests.conftest import tiny_llama_dir
 
@@ -109,6 +110,38 @@ def test_the_judge_learns_sentiment_from_its_own_human_labels_pointwise_and_ties
     assert verdicts([good, bad, flat], [bad, good, flat]) == [1, -1, 0]
     m = compare(["a b c", "d e f"], ["a b c", "a b c"], [0.5, 0.1], [0.1, 0.1], [-2.0, -2.0], [-1.0, -1.0])
     assert m["win_rate"] == 0.75 and m["fluency_drop"] == 1.0 and m["diversity"] == pytest.approx(1.0 / 0.5)
+
+
+def test_the_encoder_embeds_a_list_once_per_process_and_hands_out_copies(monkeypatch):
+    encoder = SentenceEncoder(str(resolve_model("fixture:minilm")))
+    texts = ["a list the twins judge again", "and again"]
+    first = encoder.transform(texts)
+    monkeypatch.setattr(encoder.model, "encode", lambda *a, **k: pytest.fail("embedded twice"))
+    again = encoder.transform(iter(texts))
+    assert (again == first).all() and first.shape == (2, 384)
+    again[:] = 0  # a caller scribbling on its copy changes nothing remembered
+    assert (encoder.transform(texts) == first).all()
+    monkeypatch.undo()
+    assert encoder.transform(texts[:1]).shape == (1, 384)  # another list is embedded
+
+
+def test_the_fluency_judge_scores_each_answer_as_a_plain_forward_pass_of_prompt_and_answer(tmp_path):
+    """Batched by length, padded, the LM head run only at the answers' positions: the mean log-likelihood of each
+    answer's tokens as one unbatched forward pass of prompt + answer gives it; an empty answer is -inf."""
+    import math
+
+    judge = FluencyJudge(tiny_llama_dir(tmp_path / "judge"), batch_size=2)
+    prompts = ["The film was", "A long, slow and rather dull opening to a film that", "It", "Great"]
+    answers = [" good.", " never recovers from its first hour of nothing much.", " was fine and then it was not", ""]
+    scores = judge.score(prompts, answers)
+    for p, a, got in zip(prompts[:3], answers, scores):
+        n = len(judge.tok(p)["input_ids"])
+        ids = torch.tensor([judge.tok(p + a)["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(judge.model(input_ids=ids).logits[0, :-1].float(), -1)
+        alone = logp[n - 1:].gather(1, ids[0, n:, None]).mean().item()
+        assert got == pytest.approx(alone, abs=1e-4)
+    assert scores[3] == -math.inf
 
 
 def test_the_lexicon_second_opinion_scores_sentiment_without_training():

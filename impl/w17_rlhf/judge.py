@@ -59,18 +59,30 @@ class SentimentClassifier:
         return float(self.classifier.score(self.vectorizer.transform(labelled.texts), labelled.labels))
 
 
+_embeddings: dict[str, object] = {}
+
+
 class SentenceEncoder:
     """A pretrained sentence encoder (sentence-transformers) as a scikit-learn featurizer: unit-length embeddings."""
 
     def __init__(self, ref: str, batch_size: int = 64):
         from sentence_transformers import SentenceTransformer
 
+        self.ref, self.batch_size = ref, batch_size
         self.model = SentenceTransformer(ref, device=str(device()))
-        self.batch_size = batch_size
 
     def transform(self, texts: list[str]):
-        return self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False)
+        """Remembered in this process, as the fluency judge's scores are: the twins would otherwise embed the
+        check's SFT answers, held-out sentences and pair answers again (~20 s of a CI worker each)."""
+        import hashlib
+        import json
+
+        texts = list(texts)
+        key = hashlib.sha256(json.dumps([self.ref, self.batch_size, texts]).encode()).hexdigest()
+        if key not in _embeddings:
+            _embeddings[key] = self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
+                                                 convert_to_numpy=True, show_progress_bar=False)
+        return _embeddings[key].copy()
 
     fit_transform = transform  # nothing to fit: the encoder is frozen
 
@@ -142,18 +154,30 @@ class FluencyJudge:
         return list(_fluency_scores[key])
 
     def _score(self, prompts: list[str], answers: list[str]) -> list[float]:
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            ps, ans = prompts[i:i + self.batch_size], answers[i:i + self.batch_size]
-            n_prompt = [len(self.tok(p)["input_ids"]) for p in ps]
-            enc = self.tok([p + a for p, a in zip(ps, ans)], return_tensors="pt", padding=True, padding_side="right")
+        """Texts batched by their length (less padding) and only the answers' positions through the LM head (a
+        fifth of SmolLM2-135M's FLOPs, and its 49,152-word log-softmax, at every prompt and padding position before):
+        the same numbers up to float rounding, in ~2/3 of the time."""
+        texts = [p + a for p, a in zip(prompts, answers)]
+        n_prompt = [len(ids) for ids in self.tok(list(prompts))["input_ids"]]
+        length = [len(ids) for ids in self.tok(texts)["input_ids"]]
+        order = sorted(range(len(texts)), key=length.__getitem__)
+        body, head = self.model.base_model, self.model.get_output_embeddings()
+        out = [float("-inf")] * len(texts)  # an answer of no tokens
+        for i in range(0, len(order), self.batch_size):
+            batch = order[i:i + self.batch_size]
+            enc = self.tok([texts[j] for j in batch], return_tensors="pt", padding=True, padding_side="right")
             ids, mask = enc["input_ids"].to(device()), enc["attention_mask"].to(device())
-            logp = torch.log_softmax(self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float(), -1)
-            tok_logp = torch.gather(logp, 2, ids[:, 1:, None]).squeeze(-1)  # log p of token t+1
-            for b, n in enumerate(n_prompt):
-                end = int(mask[b].sum())
-                span = tok_logp[b, max(n, 1) - 1:end - 1]
-                out.append(span.mean().item() if span.numel() else float("-inf"))
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+            # position t predicts token t + 1: the answer's tokens n_prompt .. end - 1 from positions n_prompt - 1 ..
+            spans = [(b, j, max(n_prompt[j], 1) - 1, int(mask[b].sum()) - 1) for b, j in enumerate(batch)]
+            spans = [s for s in spans if s[3] > s[2]]
+            if not spans:
+                continue
+            logp = torch.log_softmax(head(torch.cat([hidden[b, lo:hi] for b, _, lo, hi in spans])).float(), -1)
+            targets = torch.cat([ids[b, lo + 1:hi + 1] for b, _, lo, hi in spans])
+            token_logp = logp.gather(1, targets[:, None]).squeeze(1).split([hi - lo for _, _, lo, hi in spans])
+            for (_, j, _, _), t in zip(spans, token_logp):
+                out[j] = t.mean().item()
         return out
 
 
