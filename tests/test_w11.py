@@ -167,6 +167,7 @@ def test_a_second_reader_of_the_same_model_answers_what_the_first_read_from_memo
     assert twin.answer({"question": QUESTION, "context": CONTEXT + " The Rhine is long."}) == "Moselle"
     twin.span_words = 3
     assert twin.answer(inputs) == "Moselle"
+    assert reader.answer({"question": QUESTION, "context": " \n "}) == ""  # no sentence, no candidate: remembered too
 
 
 def test_spans_of_function_words_or_the_questions_own_words_are_never_the_answer(reader):

@@ -102,7 +102,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         row_scale = (keep / count)[:, None]  # d loss / d logits = (softmax - one hot) / count, for the kept rows
         grad_hidden = torch.empty_like(hidden) if need_grad else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_grad else None
-        block = hidden.new_empty((min(rows, hidden.shape[0]), weight.shape[0]), dtype=torch.float32)  # the softmax in fp32
+        # one block of logits, reused (the softmax in fp32)
+        block = hidden.new_empty((min(rows, hidden.shape[0]), weight.shape[0]), dtype=torch.float32)
         arange = torch.arange(block.shape[0], device=hidden.device)
         total = hidden.new_zeros((), dtype=torch.float32)
         for s in range(0, hidden.shape[0], rows):
@@ -113,7 +114,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             z.sub_(peak).exp_()
             norm = z.sum(dim=-1, keepdim=True)
             total += ((peak.squeeze(1) + norm.squeeze(1).log() - picked) * k).sum()
-            if need_grad:  # (softmax - one hot) x scale, in one pass over the block: z x (scale / norm), then the targets
+            if need_grad:  # (softmax - one hot) x scale in one pass over the block: z x (scale / norm), then targets
                 scale = row_scale[s:s + rows]
                 z.mul_(scale / norm)
                 z[arange[:len(t)], t] -= scale.squeeze(1)

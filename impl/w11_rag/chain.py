@@ -140,7 +140,8 @@ class Reader:
         prompt = self.render(inputs)
         context = _context_text(inputs.get("context"))
         sentences = None if context is None else best_sentences(context, inputs["question"], self.sentences)
-        key = (self.name, self.max_prompt_tokens, self.span_words, self.max_new_tokens, prompt, sentences and tuple(sentences))
+        key = (self.name, self.max_prompt_tokens, self.span_words, self.max_new_tokens, prompt,
+               None if sentences is None else tuple(sentences))
         if not self.name or key not in _answers:
             if sentences is None:
                 answer = self.greedy(prompt)
