@@ -53,15 +53,6 @@ def train_step_fn(model, hf: bool):
     return step
 
 
-def median_seconds(fn, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def fp32_matmul_fn(n: int = 1024):
     """This machine's fp32 matmul at n x n x n, the denominator of MFU (2 n^3 FLOPs a call)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
