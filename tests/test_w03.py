@@ -34,8 +34,10 @@ def test_shuffled_labels_fail_the_cpu_classifier_target(runs):
 
 
 def test_learning_rate_zero_fails_the_cpu_causal_lm_target(runs):
-    """lr 0 leaves the weights where they were, so two steps stand for the whole budget."""
-    broken = override(CPU, clm={"train": {"lr": 0.0, "steps": 2}})
+    """lr 0 leaves the weights where they were, so two steps stand for the whole budget, and a quarter of the
+    validation tokens and short stories for the whole evaluation: the perplexity after is the one before on any."""
+    broken = override(CPU, clm={"train": {"lr": 0.0, "steps": 2}, "eval_tokens": 1024,
+                                "stories": {"max_new_tokens": 8}})
     m = adapters.w03_clm(broken, runs).metrics
     target = CPU.targets["clm_val_ppl"]
     assert not target.passes(target.checked_value(m["val_ppl"], {"before_finetune": m["ppl_before_finetune"]}))

@@ -26,8 +26,9 @@ def runs(tmp_path):
 
 # --- sabotage twins: the cpu spec and targets, learning rate 0 ------------------------------------------------
 def test_learning_rate_zero_fails_the_cpu_lora_target(runs):
-    """Two steps stand for the whole run: at lr 0 the adapter's B matrices stay zero whatever the step count."""
-    spec = override(CPU, train={"lr": 0.0, "steps": 2})
+    """Two steps stand for the whole run: at lr 0 the adapter's B matrices stay zero whatever the step count; and 8
+    held-out examples for 24, since the outputs after tuning are those before it token for token on any of them."""
+    spec = override(CPU, train={"lr": 0.0, "steps": 2}, data={"eval_examples": 8})
     m = adapters.w07_tune(spec, runs, "lora").metrics
     target = CPU.targets["lora_rougeL"]
     assert m["rougeL_after"] == m["rougeL_before"]  # the same greedy outputs, token for token
