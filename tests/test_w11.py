@@ -144,6 +144,25 @@ def test_every_span_is_scored_in_one_pass_as_separate_forward_passes_score_it(re
     assert reader.answer({"question": QUESTION, "context": CONTEXT}) == max(packed, key=packed.get)
 
 
+def test_a_prompt_is_read_with_the_lm_head_at_its_last_position_only(reader):
+    """The next-token distribution after the prompt is the full forward pass's last row; the LM head (49,152 words
+    wide) ran at that one position, not at every position of the prompt."""
+    import torch
+
+    prompt = reader.render({"question": QUESTION, "context": CONTEXT})
+    head_rows = []
+    hook = reader.model.get_output_embeddings().register_forward_hook(
+        lambda module, args, out: head_rows.append(args[0].shape[1]))
+    try:
+        ids, logprobs, _ = reader._prompt(prompt)
+    finally:
+        hook.remove()
+    assert head_rows and set(head_rows) == {1}
+    with torch.no_grad():
+        full = torch.log_softmax(reader.model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    assert torch.allclose(logprobs, full, atol=1e-4)
+
+
 def test_closed_book_greedy_decoding_from_the_shared_cache_is_transformers_own(reader):
     prompt = reader.render({"question": QUESTION, "context": None})
     ids = reader.tokenizer(prompt, add_special_tokens=False, return_tensors="pt").input_ids
