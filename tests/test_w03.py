@@ -35,7 +35,8 @@ def test_shuffled_labels_fail_the_cpu_classifier_target(runs):
 
 def test_learning_rate_zero_fails_the_cpu_causal_lm_target(runs):
     """lr 0 leaves the weights where they were, so two steps stand for the whole budget, and a quarter of the
-    validation tokens and short stories for the whole evaluation: the perplexity after is the one before on any."""
+    validation tokens and 8-token stories for the whole evaluation: on any tokens the perplexity after tuning is
+    the one before it."""
     broken = override(CPU, clm={"train": {"lr": 0.0, "steps": 2}, "eval_tokens": 1024,
                                 "stories": {"max_new_tokens": 8}})
     m = adapters.w03_clm(broken, runs).metrics
