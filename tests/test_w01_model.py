@@ -39,6 +39,27 @@ def test_attention_without_the_causal_mask_is_caught_by_the_causality_check(monk
     assert not torch.equal(model(idx)[0][:, :9], model(changed)[0][:, :9])
 
 
+@pytest.mark.parametrize("rows", [7, 64, 1024])
+def test_the_blocked_lm_head_loss_is_the_loss_of_the_whole_logits_whatever_the_block(rows):
+    # the unit picks its block from the vocabulary (1,024 rows of 4,096 words); blocks that split the rows unevenly,
+    # with ignored positions among them, must give the loss and gradients of the logits formed whole
+    from impl.w01_gpt.units import _LinearCrossEntropy
+
+    g = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(150, 8, generator=g), torch.randn(37, 8, generator=g)
+    targets = torch.randint(0, 37, (150,), generator=g)
+    targets[[0, 6, 7, 70, 149]] = -1
+    whole = [t.clone().requires_grad_() for t in (hidden, weight)]
+    expected = torch.nn.functional.cross_entropy(whole[0] @ whole[1].t(), targets, ignore_index=-1)
+    expected.backward()
+    blocked = [t.clone().requires_grad_() for t in (hidden, weight)]
+    loss = _LinearCrossEntropy.apply(*blocked, targets, -1, rows, True)
+    loss.backward()
+    torch.testing.assert_close(loss, expected)
+    for mine, reference in zip(blocked, whole):
+        torch.testing.assert_close(mine.grad, reference.grad)
+
+
 def test_weights_are_tied_and_initialised_like_gpt2():
     model = small_gpt(n_layer=4)
     assert model.lm_head.weight is model.wte.weight

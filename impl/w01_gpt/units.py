@@ -84,7 +84,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
 
 def _matmul_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: bool = False) -> torch.Tensor:
     """out = a @ b (out += a @ b with `accumulate`) without a fresh result tensor where the dtypes allow: on CPU a new
-    64 x 4,096 block every time is fresh memory to fault in, and the matmul into it ran ~1.7x slower."""
+    block every time is fresh memory to fault in (a 64 x 4,096 one: its matmul ran ~1.7x slower)."""
     if a.dtype == b.dtype == out.dtype and not torch.is_autocast_enabled(out.device.type):
         return out.addmm_(a, b) if accumulate else torch.mm(a, b, out=out)
     product = a @ b  # under autocast the matmul runs in its dtype; out keeps its own
@@ -134,13 +134,21 @@ class _LinearCrossEntropy(torch.autograd.Function):
 def lm_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                           ignore_index: int = -1) -> torch.Tensor:
     """`cross_entropy(hidden weightᵀ, targets)` and its gradient: hidden (N, C), weight (V, C), targets (N,) -> a
-    scalar. The same number as the two steps, without ever holding the N x V logits: they are formed 64 rows at a
-    time, and each block's gradient is taken while it is there. (Over GPT-2's 50,257 words the logits of 1,024
-    positions are 206 MB, written and read back several times by linear + cross-entropy; block by block a training
+    scalar. The same number as the two steps, without ever holding the N x V logits: they are formed a block of rows
+    at a time (`_block_rows`), and each block's gradient is taken while it is there. (Over GPT-2's 50,257 words the
+    logits of 1,024 positions are 206 MB, written and read back several times by linear + cross-entropy; block by block a training
     step of w19's GPT-2 model is ~1.5x faster on one thread. A learner may write the two steps:
     `w01.cross_entropy(F.linear(hidden, weight), targets, ignore_index)`.)"""
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)  # evaluation: the loss only
-    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, 64, need_grad)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, _block_rows(weight.shape[0]), need_grad)
+
+
+def _block_rows(vocab: int, block_bytes: int = 16 << 20) -> int:
+    """Rows of logits a block of `lm_head_cross_entropy` holds: as many as fit in ~16 MB of fp32, 64 to 1,024 (1,024
+    of w01's 4,096 words, 83 of GPT-2's 50,257). Over 4,096 words 1,024-row blocks made w01's training step ~5-10%
+    faster than 64-row ones (the weight's gradient accumulated 16 times a step instead of 64, each matmul less
+    thin); 2,048 and the whole 4,096 were slower again (more fresh memory, out of cache)."""
+    return max(64, min(1024, block_bytes // (4 * vocab)))
 
 
 @unit(rtol=1e-6, atol=1e-7)

@@ -73,7 +73,7 @@ def _cross_entropy(fn):
 
 @case("w01.lm_head_cross_entropy")
 def _lm_head_cross_entropy(fn):
-    # 150 rows: more than one block of the reference's 64, and ignored positions spread unevenly over them
+    # 150 rows, ignored positions spread unevenly over them (blocks that split them: tests/test_w01_model.py)
     hidden, weight = _randn(150, 8, seed=40).requires_grad_(), _randn(37, 8, seed=41, scale=1.5).requires_grad_()
     targets = torch.randint(0, 37, (150,), generator=_gen(42))
     targets[:40] = -1
