@@ -294,30 +294,21 @@ def cmd_portfolio(args) -> int:
 
 PORTFOLIO_PHASE = "w23 portfolio, after the rest"
 
-# The phase that times nothing runs with glibc told to keep up to 256 MiB of the memory a process frees, and to serve
-# blocks under 32 MiB from its heap: by default a freed block above its trim threshold goes back to the kernel and
-# the next training step faults it in again, page by page. Measured 2026-12-07 at one thread (a CI worker's):
-# w17's 4-layer GPT-2 policy's training step 9-25% faster, the losses bit for bit the same (the allocator changes
-# no arithmetic). The timing phase keeps the allocator a plain `python` gets: the benchmarks compare what users run.
-KEEP_FREED_MEMORY = {"MALLOC_TRIM_THRESHOLD_": str(256 << 20), "MALLOC_MMAP_THRESHOLD_": str(32 << 20)}
 
-
-def suite_phases(selection: str | None, workers: int) -> list[tuple[str, list[str], dict[str, str]]]:
-    """pytest's runs under `python -m impl test`, in order, as (name, options, environment added). What times
-    nothing runs on every core (with KEEP_FREED_MEMORY); the timing checks alone; w23's checks last and alone, since
-    the site they build and check must show every row of this run, and the scorecard holds a run's rows only once
-    its pytest session has ended."""
+def suite_phases(selection: str | None, workers: int) -> list[tuple[str, list[str]]]:
+    """pytest's runs under `python -m impl test`, in order, as (name, options). What times nothing runs on every
+    core; the timing checks alone; w23's checks last and alone, since the site they build and check must show
+    every row of this run, and the scorecard holds a run's rows only once its pytest session has ended."""
     selected = f"({selection}) and " if selection else ""
     xdist = ["-n", str(workers), "--dist", "loadgroup", "--no-loadscope-reorder"] if workers > 1 else []
     return [("not timing, pytest-xdist" if workers > 1 else "not timing",
-             xdist + ["-m", f"{selected}not timing and not w23"], KEEP_FREED_MEMORY),
-            ("timing, alone on the cores", ["-m", f"{selected}timing and not w23"], {}),
-            (PORTFOLIO_PHASE, ["-m", f"{selected}w23"], {})]
+             xdist + ["-m", f"{selected}not timing and not w23"]),
+            ("timing, alone on the cores", ["-m", f"{selected}timing and not w23"]),
+            (PORTFOLIO_PHASE, ["-m", f"{selected}w23"])]
 
 
-def _run_phase(name: str, opts: list[str], env_added: dict[str, str], passthrough: list[str]) -> dict:
-    """One pytest run: its name, seconds, exit status and counts (the suite's plugin writes them). A variable the
-    caller's environment already sets keeps its value."""
+def _run_phase(name: str, opts: list[str], passthrough: list[str]) -> dict:
+    """One pytest run: its name, seconds, exit status and counts (the suite's plugin writes them)."""
     import json
     import os
     import subprocess
@@ -325,7 +316,7 @@ def _run_phase(name: str, opts: list[str], env_added: dict[str, str], passthroug
     import time
 
     with tempfile.NamedTemporaryFile(suffix=".json") as counts:
-        env = {**env_added, **os.environ, "LLM_MILESTONES_TEST_COUNTS": counts.name}
+        env = {**os.environ, "LLM_MILESTONES_TEST_COUNTS": counts.name}
         print(f"== python -m impl test: {name}: pytest {' '.join(opts + passthrough)}", flush=True)
         t0 = time.monotonic()
         rc = subprocess.run([sys.executable, "-m", "pytest", *opts, *passthrough], env=env).returncode
@@ -375,8 +366,8 @@ def cmd_test(args, passthrough: list[str]) -> int:
 
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
     results = []
-    for name, opts, env_added in suite_phases(args.m, workers):
-        result = _run_phase(name, opts, env_added, passthrough)
+    for name, opts in suite_phases(args.m, workers):
+        result = _run_phase(name, opts, passthrough)
         ran = result["counts"].get("passed", 0) + result["counts"].get("failed", 0)
         if name == PORTFOLIO_PHASE and ran:  # a site was built and checked: publish it with w23's rows
             t0 = time.monotonic()

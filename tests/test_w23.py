@@ -361,7 +361,6 @@ def test_in_a_fresh_session_the_site_shows_its_rows_and_a_shortfall_of_interview
 
 
 CHECKS_IN_EVERY_PHASE = '''import json
-import os
 from pathlib import Path
 
 import pytest
@@ -369,14 +368,12 @@ import pytest
 
 @pytest.mark.check("w01", target="val_ppl")
 def test_not_timed(spec, scorecard):
-    assert os.environ.get("MALLOC_TRIM_THRESHOLD_") == str(256 << 20)  # glibc keeps freed memory where nothing is timed
     scorecard.check(100.0, data="d")
 
 
 @pytest.mark.timing
 @pytest.mark.check("w01", target="ddp_max_param_diff")
 def test_timed(spec, scorecard):
-    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # and the default allocator where speed is measured
     scorecard.check(1e-6, data="d")
 
 
@@ -390,16 +387,12 @@ def test_portfolio_sees_every_other_row(spec, scorecard, request):
 
 
 def test_the_test_command_runs_w23_alone_after_the_timing_phase():
-    from impl.__main__ import KEEP_FREED_MEMORY, PORTFOLIO_PHASE, suite_phases
+    from impl.__main__ import PORTFOLIO_PHASE, suite_phases
 
-    (first, first_opts, first_env), (_, timing_opts, timing_env), (last, last_opts, last_env) = \
-        suite_phases("w07 or w23", 2)
+    (first, first_opts), (_, timing_opts), (last, last_opts) = suite_phases("w07 or w23", 2)
     assert first_opts[:2] == ["-n", "2"] and first_opts[-2:] == ["-m", "(w07 or w23) and not timing and not w23"]
     assert timing_opts == ["-m", "(w07 or w23) and timing and not w23"]
     assert (last, last_opts) == (PORTFOLIO_PHASE, ["-m", "(w07 or w23) and w23"])  # alone: no xdist beside it
-    # glibc keeps freed memory only where nothing is timed: the benchmarks run under the allocator users get
-    assert first_env == KEEP_FREED_MEMORY and set(first_env) == {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"}
-    assert timing_env == {} and last_env == {}
 
 
 def test_python_m_impl_test_checks_the_portfolio_after_every_other_phase_and_publishes_its_rows(tmp_path, monkeypatch):
@@ -414,8 +407,6 @@ def test_python_m_impl_test_checks_the_portfolio_after_every_other_phase_and_pub
     (tmp_path / "test_checks.py").write_text(CHECKS_IN_EVERY_PHASE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_"):
-        monkeypatch.delenv(name, raising=False)
     reports = tmp_path / "reports"
     rc = main(["test", "--workers", "1", "--summary", str(tmp_path / "summary.json"), str(tmp_path / "test_checks.py"),
                "-p", "conftest", "--rootdir", str(tmp_path), "--profile", str(tmp_path / "order.yaml"),
