@@ -136,8 +136,8 @@ def lm_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     """`cross_entropy(hidden weightᵀ, targets)` and its gradient: hidden (N, C), weight (V, C), targets (N,) -> a
     scalar. The same number as the two steps, without ever holding the N x V logits: they are formed a block of rows
     at a time (`_block_rows`), and each block's gradient is taken while it is there. (Over GPT-2's 50,257 words the
-    logits of 1,024 positions are 206 MB, written and read back several times by linear + cross-entropy; block by block a training
-    step of w19's GPT-2 model is ~1.5x faster on one thread. A learner may write the two steps:
+    logits of 1,024 positions are 206 MB, written and read back several times by linear + cross-entropy; block by
+    block a training step of w19's GPT-2 model is ~1.5x faster on one thread. A learner may write the two steps:
     `w01.cross_entropy(F.linear(hidden, weight), targets, ignore_index)`.)"""
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)  # evaluation: the loss only
     return _LinearCrossEntropy.apply(hidden, weight, targets, ignore_index, _block_rows(weight.shape[0]), need_grad)
@@ -145,9 +145,9 @@ def lm_head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: t
 
 def _block_rows(vocab: int, block_bytes: int = 16 << 20) -> int:
     """Rows of logits a block of `lm_head_cross_entropy` holds: as many as fit in ~16 MB of fp32, 64 to 1,024 (1,024
-    of w01's 4,096 words, 83 of GPT-2's 50,257). Over 4,096 words 1,024-row blocks made w01's training step ~5-10%
-    faster than 64-row ones (the weight's gradient accumulated 16 times a step instead of 64, each matmul less
-    thin); 2,048 and the whole 4,096 were slower again (more fresh memory, out of cache)."""
+    of w01's 4,096 words, 83 of GPT-2's 50,257). Over 4,096 words 1,024-row blocks made w01's training step 4-10%
+    faster than 64-row ones, 6% at one thread (the weight's gradient accumulated 16 times a step instead of 64, each
+    matmul less thin); 2,048 and the whole 4,096 were slower again (more fresh memory, out of cache)."""
     return max(64, min(1024, block_bytes // (4 * vocab)))
 
 
