@@ -79,11 +79,11 @@ def pytest_configure_node(node):  # xdist controller -> each worker: one session
 # The order in which pytest-xdist hands out work: the longest groups first, so two workers finish together.
 # w09's and w15's checks reuse w07's tuned model, so they run on w07's worker, after it; w15 also reads w01's GPT,
 # so w01 goes first on the other worker and is done before w15 asks for it (else w15 trains a copy of its own).
-# w17's and w11's twins run on their check's worker, after it, and reuse the stages it trained (Runs(share=True)).
+# w17's, w11's and w19's twins run on their check's worker, after it, and reuse the stages it made (Runs(share=True)).
 XDIST_ORDER = ["acceptance:w07", "acceptance:w01", "acceptance:w17", "acceptance:w11", "acceptance:w03", "acceptance:w21",
                "acceptance:w05", "acceptance:w19", "acceptance:w13", "acceptance:w23"]  # w23 last: the portfolio reads the scorecard the others write
 SHARES_W07_MODEL = ("w09", "w15")
-TWINS_SHARING_THE_CHECKS_STAGES = {"tests/test_w17.py": "w17", "tests/test_w11.py": "w11"}
+TWINS_SHARING_THE_CHECKS_STAGES = {"tests/test_w17.py": "w17", "tests/test_w11.py": "w11", "tests/test_w19.py": "w19"}
 
 
 def xdist_group(nodeid: str) -> str:

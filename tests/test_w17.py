@@ -1,4 +1,4 @@
-"""w17's sabotage twins, each on the cpu profile's own spec and counts (its SFT policy, pairs, reward model and 512
+"""w17's sabotage twins, each on the cpu profile's own spec and counts (its SFT policy, pairs, reward model and 256
 test prompts): the SFT policy sampled colder (T 0.5, 0.7) against itself at the evaluation temperature, PPO at
 learning rate 0, a reward model trained on shuffled labels (and PPO on it), and a policy repeating the reward's
 favourite words each fail a target the real run passes (the positive control, the same stages). Then PPO's

@@ -28,9 +28,16 @@ def runs(tmp_path):
     return Runs("w19", "test", root=tmp_path / "artifacts")
 
 
+@pytest.fixture
+def shared_runs(tmp_path):
+    """The dedup twins' runs: the extraction and filtering of the profile's mix made by the acceptance check moments
+    before on this worker (or by the first twin) are copied, not run again; whatever follows them is the twin's."""
+    return Runs("w19", "test", root=tmp_path / "artifacts", share=True)
+
+
 # --- the sabotage twins ----------------------------------------------------------------------------------------
-def test_exact_only_dedup_fails_the_duplicates_check_and_the_lsh_curve_on_the_profiles_mix(runs):
-    m = adapters.w19_clean(CPU, runs, sabotage="exact_only_dedup").metrics
+def test_exact_only_dedup_fails_the_duplicates_check_and_the_lsh_curve_on_the_profiles_mix(shared_runs):
+    m = adapters.w19_clean(CPU, shared_runs, sabotage="exact_only_dedup").metrics
     d = m["dedup"]
     assert d["pairs_scored"] >= 150 and m["report"]["removed_ids"]["minhash_dedup"] == []
     for name, value in (("dedup_f1", d["f1"]), ("lsh_curve_deviation", d["lsh_curve_deviation"])):
@@ -38,9 +45,9 @@ def test_exact_only_dedup_fails_the_duplicates_check_and_the_lsh_curve_on_the_pr
         assert not target.passes(target.checked_value(value)), (name, value, d["bands"])
 
 
-def test_minhash_with_its_bands_and_rows_swapped_fails_the_lsh_curve_on_the_profiles_mix(runs):
+def test_minhash_with_its_bands_and_rows_swapped_fails_the_lsh_curve_on_the_profiles_mix(shared_runs):
     """8 buckets of 14 hashes instead of 14 of 8: a curve that is steeper and lies further right."""
-    m = adapters.w19_clean(CPU, runs, sabotage="swapped_lsh_bands").metrics
+    m = adapters.w19_clean(CPU, shared_runs, sabotage="swapped_lsh_bands").metrics
     d = m["dedup"]
     assert d["pairs_scored"] >= 150 and m["report"]["removed_ids"]["minhash_dedup"]
     target = CPU.targets["lsh_curve_deviation"]
@@ -73,6 +80,30 @@ def test_models_that_do_not_learn_fail_the_beyond_unigram_check(runs):
     m = adapters.w19_tokenizers(spec, runs).metrics
     target = CPU.targets["lm_vs_unigram"]
     assert not target.passes(max(m["bpb_vs_unigram"].values())), m["bpb_vs_unigram"]
+
+
+def test_a_dedup_twin_copies_its_checks_filtering_and_reports_what_a_fresh_run_reports(tmp_path, monkeypatch):
+    """The filter stage is run once per mix and filters: a twin differing only in dedup copies it, and its report,
+    dedup and filter scores are those of a run that extracted and filtered again."""
+    spec = override(CPU, mix=SMALL_MIX)
+    stages_run = []
+    run_stage = pipeline._run
+    monkeypatch.setattr(pipeline, "_run", lambda name, *a, **k: (stages_run.append(name), run_stage(name, *a, **k)))
+    shared = Runs("w19", "test", root=tmp_path / "check", share=True)
+    adapters.w19_clean(spec, shared)
+    stages_run.clear()
+    twin = adapters.w19_clean(spec, shared, sabotage="swapped_lsh_bands").metrics
+    assert "filter" not in stages_run and "minhash-1" in stages_run
+    fresh = adapters.w19_clean(spec, Runs("w19", "test", root=tmp_path / "fresh"), sabotage="swapped_lsh_bands").metrics
+    assert "filter" in stages_run[stages_run.index("minhash-4") + 1:]
+    for m in (twin, fresh):  # the raw input's compressed size: warcio stamps each record with the time it wrote it
+        assert m["report"]["stages"][0]["stage"].startswith("read") and m["report"]["stages"][0].pop("bytes_out")
+    for key in ("report", "dedup", "filters", "labels"):
+        assert twin[key] == fresh[key], key
+    # the filters passing everything are another stage: never copied from the real filters' run
+    stages_run.clear()
+    passthrough = adapters.w19_clean(spec, shared, sabotage="passthrough_filters").metrics
+    assert "filter" in stages_run and not any(passthrough["report"]["removed_ids"][f] for f in pipeline.FILTERS)
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

@@ -106,11 +106,16 @@ def _run(name: str, steps: list, work: Path, tasks: int, workers: int = 1) -> No
                           logging_dir=str(work / "logs" / name), skip_completed=False).run()
 
 
+FILTERED_FOLDERS = ("extracted", "filtered", "removed")  # what extraction and filtering leave in the work folder
+
+
 def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | None = None,
-        log=print) -> dict:
+        log=print, filtered_work: Path | None = None) -> dict:
     """Clean `raw` (warc/*.warc.gz, jsonl/*.jsonl) through `work` into Parquet shards in `out`; return the report.
     `sabotage` (the twins): "passthrough_filters" skips every filter, "exact_only_dedup" the MinHash stage,
-    "swapped_lsh_bands" runs MinHash with b and r swapped."""
+    "swapped_lsh_bands" runs MinHash with b and r swapped. `filtered_work`: the work folder of an earlier run on
+    the same raw input with the same filters, whose extraction and filtering are copied instead of run again (the
+    dedup twins differ from their check only after them: ~20 s of a CI worker each)."""
     from datatrove.pipeline.dedup import (MinhashDedupBuckets, MinhashDedupCluster,
                                           MinhashDedupFilter, MinhashDedupSignature)
     from datatrove.pipeline.dedup.exact_dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature,
@@ -129,7 +134,11 @@ def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | No
     # 1. extraction: HTML responses -> text
     raw_warc = [] if not (raw / "warc").exists() else sorted((raw / "warc").glob("*.warc.gz"))
     raw_jsonl = sorted((raw / "jsonl").glob("*.jsonl")) if (raw / "jsonl").exists() else []
-    if raw_warc:
+    if filtered_work is not None:
+        for name in FILTERED_FOLDERS:
+            if (filtered_work / name).exists():
+                shutil.copytree(filtered_work / name, work / name)
+    elif raw_warc:
         _run("extract", [WarcReader(str(raw / "warc"), glob_pattern="*.warc.gz"),
                          Trafilatura(favour_precision=True, timeout=spec.extraction_timeout_s),
                          JsonlWriter(str(work / "extracted"))], work, t, t)
@@ -154,7 +163,8 @@ def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | No
     ]
     readers = ([JsonlReader(str(work / "extracted"))] if extracted else []) + \
         ([JsonlReader(str(raw / "jsonl"), glob_pattern="*.jsonl", compression=None)] if raw_jsonl else [])
-    _run("filter", [*readers, *filters, JsonlWriter(str(work / "filtered"))], work, t, t)
+    if filtered_work is None:
+        _run("filter", [*readers, *filters, JsonlWriter(str(work / "filtered"))], work, t, t)
     n_in, b_in = len(extracted) + len(raw_docs), _summary(extracted)["bytes"] + _summary(raw_docs)["bytes"]
     removed = {}
     for name in FILTERS:

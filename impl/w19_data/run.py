@@ -156,17 +156,28 @@ def clean_corpus(spec: W19Spec, runs: Runs, sabotage: str | None = None, log=pri
     run_dir = runs.dir_for(config, name="dataset")
     if (run_dir / "metrics.json").exists():
         return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()), reused=True)
+    # extraction and filtering, a stage of its own: the dedup twins (exact only, b and r swapped) differ from the
+    # check only after it, and copy it instead of running it again
+    filtered = runs.dir_for({**{k: config[k] for k in ("data", "mix", "pipeline")},
+                             "filters": config["sabotage"] != "passthrough_filters"}, name="filtered")
+    reuse_filtered = (filtered / "metrics.json").exists()
     tmp = run_dir / ".building"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        if spec.data.source == "offline":
+        if reuse_filtered:
+            kept = json.loads((filtered / "metrics.json").read_text())
+            labels, description = kept["labels"], kept["data"]
+            shutil.copytree(filtered / "mix", tmp / "mix")
+        elif spec.data.source == "offline":
             labels = mix.build(spec.mix, tmp / "mix", pipeline.minhash_config(spec.pipeline.minhash))
             description = labels["description"]
         else:
             labels, description = {"clean": [], "junk": {}, "dup_pairs": []}, _hub_documents(spec, tmp / "mix")
         pipeline.validate_raw(tmp / "mix" / "raw")
         report = pipeline.run(tmp / "mix" / "raw", tmp / "work", tmp / "dataset", spec.pipeline, config["sabotage"],
-                              log=log)
+                              log=log, filtered_work=filtered / "work" if reuse_filtered else None)
+        if not reuse_filtered:
+            _keep_filtered(tmp, filtered, {"labels": labels, "data": description})
         shards = sorted((tmp / "dataset").rglob("*.parquet"))
         metrics = {"report": report, "labels": labels, "data": description,
                    "dedup": dedup_scores(labels, report, spec.pipeline.minhash.buckets,
@@ -179,6 +190,19 @@ def clean_corpus(spec: W19Spec, runs: Runs, sabotage: str | None = None, log=pri
         shutil.rmtree(tmp, ignore_errors=True)  # the work folders, or whatever a failure left
     write_json(run_dir / "metrics.json", metrics)
     return RunResult(run_dir, metrics)
+
+
+def _keep_filtered(tmp: Path, stage: Path, metrics: dict) -> None:
+    """The raw mix and what extraction and filtering left in the work folder (before dedup wrote there), into the
+    filter stage's run directory; metrics.json last."""
+    shutil.copytree(tmp / "mix", stage / "mix", dirs_exist_ok=True)
+    for name in pipeline.FILTERED_FOLDERS:
+        src = tmp / "work" / name
+        if src.exists():
+            shutil.copytree(src, stage / "work" / name, dirs_exist_ok=True,
+                            ignore=None if name != "removed" else
+                            lambda folder, names: [n for n in names if Path(folder) == src and n not in pipeline.FILTERS])
+    write_json(stage / "metrics.json", metrics)
 
 
 def load_dataset(dataset_dir: Path):
