@@ -106,9 +106,6 @@ def _run(name: str, steps: list, work: Path, tasks: int, workers: int = 1) -> No
                           logging_dir=str(work / "logs" / name), skip_completed=False).run()
 
 
-FILTERED_FOLDERS = ("extracted", "filtered", "removed")  # what extraction and filtering leave in the work folder
-
-
 def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | None = None,
         log=print, filtered_work: Path | None = None) -> dict:
     """Clean `raw` (warc/*.warc.gz, jsonl/*.jsonl) through `work` into Parquet shards in `out`; return the report.
@@ -135,9 +132,7 @@ def run(raw: Path, work: Path, out: Path, spec: PipelineSpec, sabotage: str | No
     raw_warc = [] if not (raw / "warc").exists() else sorted((raw / "warc").glob("*.warc.gz"))
     raw_jsonl = sorted((raw / "jsonl").glob("*.jsonl")) if (raw / "jsonl").exists() else []
     if filtered_work is not None:
-        for name in FILTERED_FOLDERS:
-            if (filtered_work / name).exists():
-                shutil.copytree(filtered_work / name, work / name)
+        shutil.copytree(filtered_work, work)
     elif raw_warc:
         _run("extract", [WarcReader(str(raw / "warc"), glob_pattern="*.warc.gz"),
                          Trafilatura(favour_precision=True, timeout=spec.extraction_timeout_s),

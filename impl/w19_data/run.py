@@ -193,15 +193,13 @@ def clean_corpus(spec: W19Spec, runs: Runs, sabotage: str | None = None, log=pri
 
 
 def _keep_filtered(tmp: Path, stage: Path, metrics: dict) -> None:
-    """The raw mix and what extraction and filtering left in the work folder (before dedup wrote there), into the
-    filter stage's run directory; metrics.json last."""
-    shutil.copytree(tmp / "mix", stage / "mix", dirs_exist_ok=True)
-    for name in pipeline.FILTERED_FOLDERS:
-        src = tmp / "work" / name
-        if src.exists():
-            shutil.copytree(src, stage / "work" / name, dirs_exist_ok=True,
-                            ignore=None if name != "removed" else
-                            lambda folder, names: [n for n in names if Path(folder) == src and n not in pipeline.FILTERS])
+    """The raw mix and what extraction and filtering left in the work folder (the filters' exclusions, not dedup's),
+    into the filter stage's run directory; metrics.json last."""
+    shutil.copytree(tmp / "mix", stage / "mix")
+    kept = ["extracted", "filtered", *(f"removed/{name}" for name in pipeline.FILTERS)]
+    for folder in kept:
+        if (tmp / "work" / folder).exists():
+            shutil.copytree(tmp / "work" / folder, stage / "work" / folder)
     write_json(stage / "metrics.json", metrics)
 
 
